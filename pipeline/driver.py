@@ -1,0 +1,282 @@
+"""The campaign driver: turns a spec into units of work and runs them on Ray.
+
+Ray does the distributed work (placement, worker groups, process death); the driver only decides
+*what* to submit *when*: each seed's training as a Ray Train `TorchTrainer` (launched from a
+zero-CPU Ray task so trains and evals are waited on alike), then its evals as `num_gpus=1` tasks.
+Training goes first; evals fill the GPU slots training does not need, so one seed's evals run
+while the next seed trains. Units whose commit object is already in the store are skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.ledger import Ledger
+from pipeline.spec import CampaignSpec
+from pipeline.store import Layout, Store, open_store
+from pipeline.units import Unit, UnitState, UnitTracker
+
+CAMPAIGN_VERSION = 1
+MAX_INTERRUPTIONS = 3  # a unit interrupted this often in one run is marked FAILED
+
+
+class CampaignChanged(RuntimeError):
+    """The store holds this campaign under another spec; resuming would mix results."""
+
+
+class CampaignFailed(RuntimeError):
+    pass
+
+
+def _diff_paths(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff_paths(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else str(k))
+        return out
+    return [] if a == b else [prefix or "<root>"]
+
+
+def check_campaign(spec: CampaignSpec, store: Store) -> bool:
+    """Write campaign.json on first run; on later runs refuse a spec whose results would differ.
+    Returns True when the campaign already existed."""
+    layout = Layout(spec.name)
+    if store.exists(layout.campaign_json):
+        old = store.get_json(layout.campaign_json)
+        if old.get("fingerprint") != spec.fingerprint():
+            changed = _diff_paths(old.get("spec", {}), spec.fingerprint_dict())
+            raise CampaignChanged(
+                f"campaign {spec.name!r} in {store.uri} was started with another spec "
+                f"(changed: {', '.join(changed) or 'format'}); use a new name or a new store"
+            )
+        return True
+    store.put_json(
+        layout.campaign_json,
+        {"version": CAMPAIGN_VERSION, "fingerprint": spec.fingerprint(), "spec": spec.fingerprint_dict()},
+    )
+    return False
+
+
+def resolve_paths(spec: CampaignSpec, base: Path | None = None) -> CampaignSpec:
+    """Make local paths absolute, so Ray workers (other cwd) see the same files."""
+    base = base or Path.cwd()
+
+    def absolute(p: str) -> str:
+        return str((base / p).resolve()) if "://" not in p else p
+
+    data = spec.data.model_copy(update={"shards": absolute(spec.data.shards), "tokenizer": absolute(spec.data.tokenizer)})
+    return spec.model_copy(update={"data": data, "store": absolute(spec.store)})
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5).stdout
+        return out.stdout.strip() + ("-dirty" if dirty.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# --- what runs on the cluster -----------------------------------------------------------------
+
+
+def _train_unit(spec_json: dict, seed: int, store_uri: str, context: dict) -> dict:
+    """Runs in a zero-CPU Ray task: starts the seed's worker group and waits for it."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from workers.train import ray_train_loop
+
+    spec = CampaignSpec.model_validate(spec_json)
+    t = spec.train
+    use_gpu = t.gpus_per_worker > 0
+    trainer = TorchTrainer(
+        ray_train_loop,
+        train_loop_config={"spec": spec_json, "seed": seed, "store_uri": store_uri, "context": context},
+        scaling_config=ScalingConfig(
+            num_workers=t.world_size,
+            use_gpu=use_gpu,
+            resources_per_worker={"GPU": t.gpus_per_worker} if use_gpu else {"CPU": 1},
+        ),
+        torch_config=TorchConfig(backend="nccl" if spec.cluster.accelerator == "cuda" else "gloo"),
+        run_config=RunConfig(
+            name=f"{spec.name}-seed{seed}-{uuid.uuid4().hex[:6]}",
+            storage_path=os.path.join(tempfile.gettempdir(), "pipeline-ray-train"),
+            failure_config=FailureConfig(max_failures=0),
+        ),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    return open_store(store_uri).get_json(Layout(spec.name).manifest(seed))["train"]
+
+
+def _eval_unit(spec_json: dict, seed: int, recipe: str, store_uri: str, shard: int) -> dict:
+    from workers.evaluate import run_eval
+
+    return run_eval(CampaignSpec.model_validate(spec_json), seed, recipe, store_uri, shard)
+
+
+# --- the scheduling loop ----------------------------------------------------------------------
+
+
+@dataclass
+class RunReport:
+    spec: CampaignSpec
+    done: list[Unit] = field(default_factory=list)  # ran to DONE in this run
+    skipped: list[Unit] = field(default_factory=list)  # DONE before this run
+    failed: dict[Unit, str] = field(default_factory=dict)
+    blocked: list[Unit] = field(default_factory=list)  # could not run: their training failed
+    durations: dict[str, float] = field(default_factory=dict)  # unit id → seconds, this run
+    wall_s: float = 0.0
+
+
+def _is_system_failure(err: BaseException) -> bool:
+    """Node or process death (retry from the store) vs an error of the unit itself (FAILED)."""
+    import ray.exceptions as rex
+
+    system = tuple(
+        getattr(rex, n)
+        for n in ("WorkerCrashedError", "NodeDiedError", "ActorDiedError", "ObjectLostError", "OwnerDiedError", "LocalRayletDiedError", "TaskUnschedulableError")
+        if hasattr(rex, n)
+    )
+    return isinstance(err, system)
+
+
+class Driver:
+    def __init__(self, spec: CampaignSpec, log: Callable[[str], None] = print, connect: Callable[[], None] | None = None):
+        """`connect` starts or joins Ray; it is called only when there is work to run, so a
+        finished campaign re-runs (and reports) without a cluster."""
+        self.spec = spec
+        self.connect = connect
+        self.store = open_store(spec.store)
+        self.layout = Layout(spec.name)
+        self.log = log
+        self.ledger = Ledger(self.store, self.layout, run_id=uuid.uuid4().hex[:12])
+        self.tracker = UnitTracker()
+
+    def units(self) -> list[Unit]:
+        out = []
+        for seed in self.spec.seeds:
+            out.append(Unit.train(seed))
+            out += [Unit.eval(seed, e.name) for e in self.spec.evals]
+        return out
+
+    def _capacity(self) -> float:
+        import ray
+
+        return float(ray.cluster_resources().get("GPU", 0.0))
+
+    def run(self) -> RunReport:
+        import ray
+
+        t_start = time.perf_counter()
+        report = RunReport(self.spec)
+        check_campaign(self.spec, self.store)
+        for u in self.units():
+            done = self.store.exists(u.commit_key(self.layout))
+            self.tracker.add(u, UnitState.DONE if done else UnitState.PENDING)
+            if done:
+                report.skipped.append(u)
+        if report.skipped:
+            self.log(f"skipping {len(report.skipped)} unit(s) already DONE in {self.store.uri}")
+        if not self.tracker.in_state(UnitState.PENDING):
+            return report
+        if self.connect is not None:
+            self.connect()
+
+        spec_json = self.spec.model_dump(mode="json")
+        context = {"git_commit": git_commit(), "spec_fingerprint": self.spec.fingerprint()}
+        train_remote = ray.remote(num_cpus=0, max_retries=0)(_train_unit)
+        eval_remote = ray.remote(max_retries=0)(_eval_unit)
+        t = self.spec.train
+        train_slots = t.world_size * t.gpus_per_worker
+        capacity = self._capacity()
+        if train_slots > capacity and self.tracker.in_state(UnitState.PENDING):
+            self.log(f"warning: a training group needs {train_slots:g} GPU slots, the cluster has {capacity:g} now")
+
+        running: dict[Any, tuple[Unit, float]] = {}
+        interruptions: dict[Unit, int] = {}
+        train_busy = 0.0
+
+        def launch(u: Unit) -> None:
+            nonlocal train_busy
+            if u.kind == "train":
+                ref = train_remote.remote(spec_json, u.seed, self.spec.store, context)
+                train_busy += train_slots
+            else:
+                ref = eval_remote.options(num_gpus=1).remote(spec_json, u.seed, u.recipe, self.spec.store, u.shard)
+            self.tracker.move(u, UnitState.RUNNING)
+            self.ledger.record(u, UnitState.RUNNING)
+            running[ref] = (u, time.perf_counter())
+            self.log(f"start  {u}")
+
+        def trained(seed: int) -> bool:
+            return self.tracker.state(Unit.train(seed)) == UnitState.DONE
+
+        while True:
+            pending = self.tracker.in_state(UnitState.PENDING)
+            # Trains first, in seed order, as many groups as fit; never more than one seed ahead
+            # of a group that could not start (Ray queues it until its GPUs are free).
+            for u in (u for u in pending if u.kind == "train"):
+                if train_busy == 0 or train_busy + train_slots <= capacity:
+                    launch(u)
+            # Evals fill whatever training leaves free.
+            eval_busy = sum(1 for u, _ in running.values() if u.kind == "eval")
+            free = max(capacity - train_busy - eval_busy, 0)
+            if not any(u.kind == "train" for u, _ in running.values()):
+                free = max(free, 1)  # always make progress, even on a cluster still scaling up
+            for u in (u for u in pending if u.kind == "eval" and trained(u.seed)):
+                if free < 1:
+                    break
+                launch(u)
+                free -= 1
+            if not running:
+                break
+            ready, _ = ray.wait(list(running), num_returns=1)
+            ref = ready[0]
+            u, t0 = running.pop(ref)
+            if u.kind == "train":
+                train_busy -= train_slots
+            secs = time.perf_counter() - t0
+            try:
+                out = ray.get(ref)
+            except Exception as err:  # noqa: BLE001 - classified below, never swallowed
+                self._on_error(u, err, secs, interruptions, report)
+                continue
+            self.tracker.move(u, UnitState.DONE)
+            self.ledger.record(u, UnitState.DONE, seconds=secs)
+            report.done.append(u)
+            report.durations[u.id] = secs
+            extra = f"val_bpb {out['val_bpb']:.6f}" if u.kind == "eval" else f"{out.get('steps', '?')} steps"
+            self.log(f"done   {u}  {secs:6.1f}s  {extra}")
+        report.blocked = self.tracker.in_state(UnitState.PENDING)
+        report.wall_s = time.perf_counter() - t_start
+        return report
+
+    def _on_error(self, u: Unit, err: BaseException, secs: float, interruptions: dict[Unit, int], report: RunReport) -> None:
+        cause = getattr(err, "cause", None) or err
+        text = str(cause).strip()
+        msg = f"{type(cause).__name__}: {text.splitlines()[-1] if text else ''}"
+        if _is_system_failure(err):
+            interruptions[u] = interruptions.get(u, 0) + 1
+            if interruptions[u] <= MAX_INTERRUPTIONS:
+                self.tracker.move(u, UnitState.INTERRUPTED)
+                self.ledger.record(u, UnitState.INTERRUPTED, seconds=secs, error=msg)
+                self.tracker.move(u, UnitState.PENDING)
+                self.ledger.record(u, UnitState.PENDING, reason="resume after interruption")
+                self.log(f"interrupted {u} ({msg}); resuming")
+                return
+            msg = f"interrupted {interruptions[u]} times, last: {msg}"
+        self.tracker.move(u, UnitState.FAILED)
+        self.ledger.record(u, UnitState.FAILED, seconds=secs, error=msg)
+        report.failed[u] = msg
+        self.log(f"FAILED {u}: {msg}")

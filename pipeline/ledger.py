@@ -1,0 +1,39 @@
+"""Append-only event ledger in the store: one object per unit transition (design §3, §7).
+
+`events/<time_ns>-<rand>.json`: names sort by time, objects are never rewritten, so several drivers
+(or a restarted one) append without coordination. Cost and progress are computed from these later.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from typing import Any
+
+from pipeline.store import Layout, Store
+from pipeline.units import Unit, UnitState
+
+EVENT_VERSION = 1
+
+
+class Ledger:
+    def __init__(self, store: Store, layout: Layout, run_id: str):
+        self.store, self.layout, self.run_id = store, layout, run_id
+
+    def record(self, unit: Unit, state: UnitState, **detail: Any) -> dict[str, Any]:
+        now = time.time_ns()
+        event = {
+            "version": EVENT_VERSION,
+            "time": now / 1e9,
+            "run": self.run_id,
+            "unit": unit.id,
+            "state": state.value,
+            "driver_host": platform.node(),
+            **detail,
+        }
+        self.store.put_json(f"{self.layout.events}/{now:020d}-{os.urandom(4).hex()}.json", event)
+        return event
+
+    def events(self) -> list[dict[str, Any]]:
+        return [self.store.get_json(k) for k in self.store.list(self.layout.events)]

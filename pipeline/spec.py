@@ -1,0 +1,224 @@
+"""Campaign spec: the one typed, validated description of a campaign (seeds × train recipe × evals).
+
+Every check on user input lives here, so the driver and the workers can trust what they get.
+Loaded from YAML; unknown keys and bad values are errors that name the field and the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SPEC_VERSION = 1
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+def _check_name(v: str) -> str:
+    if not _NAME_RE.match(v):
+        raise ValueError(f"{v!r} is not a name: use lowercase letters, digits, '_', '-', '.' (at most 64)")
+    return v
+
+
+# Names become store directories and file names, so they are kept to a safe alphabet.
+Name = Annotated[str, AfterValidator(_check_name)]
+
+
+class SpecError(ValueError):
+    """Bad campaign spec. `str(err)` is one line naming the file and the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSpec(_Strict):
+    shards: str = Field(description="directory with fineweb_train_*.bin / fineweb_val_*.bin shards")
+    tokenizer: str = Field(description="sentencepiece .model file the shards were made with")
+    val_tokens: int | None = Field(
+        default=None, ge=2, description="evaluate on the first N val tokens only (quick runs); None = all"
+    )
+
+
+class ModelConfig(_Strict):
+    """The parameter-golf baseline family. Defaults are the baseline's size (~17 M parameters)."""
+
+    vocab_size: int = Field(1024, ge=8)
+    num_layers: int = Field(9, ge=1)
+    model_dim: int = Field(512, ge=8)
+    num_heads: int = Field(8, ge=1)
+    num_kv_heads: int = Field(4, ge=1)
+    mlp_mult: int = Field(2, ge=1)
+    rope_base: float = Field(10000.0, gt=0)
+    logit_softcap: float = Field(30.0, gt=0)
+    qk_gain_init: float = Field(1.5, gt=0)
+    tied_embed_init_std: float = Field(0.005, gt=0)
+
+    @model_validator(mode="after")
+    def _heads(self) -> ModelConfig:
+        if self.model_dim % self.num_heads:
+            raise ValueError(f"model_dim ({self.model_dim}) must be divisible by num_heads ({self.num_heads})")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads ({self.num_heads}) must be divisible by num_kv_heads ({self.num_kv_heads})")
+        if (self.model_dim // self.num_heads) % 2:
+            raise ValueError("head dim (model_dim / num_heads) must be even for RoPE")
+        return self
+
+
+class TrainRecipe(_Strict):
+    world_size: int = Field(8, ge=1, description="training workers (one process each)")
+    gpus_per_worker: float = Field(1, ge=0, description="GPU slots per worker (logical on a CPU box)")
+    max_wallclock_s: float = Field(600.0, gt=0, description="training stops when this wall clock is reached")
+    max_steps: int = Field(20000, ge=1)
+    batch_tokens: int = Field(524288, ge=1, description="tokens per optimizer step, over all workers")
+    grad_accum_steps: int = Field(1, ge=1)
+    seq_len: int = Field(1024, ge=2)
+    embed_lr: float = Field(0.05, gt=0, description="Adam lr of the tied embedding")
+    matrix_lr: float = Field(0.04, gt=0, description="Muon lr of the 2-D block weights")
+    scalar_lr: float = Field(0.04, gt=0, description="Adam lr of gains, scales and other vectors")
+    muon_momentum: float = Field(0.95, ge=0, lt=1)
+    muon_backend_steps: int = Field(5, ge=1)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.95, ge=0, lt=1)
+    warmup_steps: int = Field(20, ge=0, description="linear lr warmup")
+    warmdown_frac: float = Field(
+        0.2, ge=0, le=1, description="last fraction of the run (by steps or wall clock) with lr decaying to 0"
+    )
+    grad_clip: float = Field(0.0, ge=0, description="global grad-norm clip; 0 = off")
+    ema: float | None = Field(None, gt=0, lt=1, description="export an EMA of the weights with this decay")
+    artifact_limit_bytes: int = Field(16_000_000, ge=1)
+    log_every: int = Field(50, ge=1)
+
+    @model_validator(mode="after")
+    def _batch(self) -> TrainRecipe:
+        per_micro = self.world_size * self.grad_accum_steps * self.seq_len
+        if self.batch_tokens % per_micro:
+            raise ValueError(
+                f"batch_tokens ({self.batch_tokens}) must be a multiple of "
+                f"world_size × grad_accum_steps × seq_len ({per_micro})"
+            )
+        return self
+
+
+class EvalRecipe(_Strict):
+    name: Name = Field(description="recipe name, unique in the campaign; names the store directory")
+    kind: Literal["sliding"] = "sliding"
+    seq_len: int = Field(1024, ge=2)
+    stride: int = Field(64, ge=1)
+    batch_seqs: int = Field(32, ge=1, description="consecutive windows per batch")
+    window_filter: Literal["exact", "legacy"] = Field(
+        "exact", description="exact: every target scored once; legacy: the seeds' SLOT records (tail rescored)"
+    )
+
+    @model_validator(mode="after")
+    def _stride(self) -> EvalRecipe:
+        if self.stride > self.seq_len:
+            raise ValueError(f"stride ({self.stride}) must not exceed seq_len ({self.seq_len})")
+        return self
+
+
+class LocalCluster(_Strict):
+    """Resources of the Ray instance `pipeline run` starts when no cluster address is given.
+
+    GPUs here are logical slots: on a CPU box they let the same num_gpus=1 scheduling run unchanged.
+    """
+
+    num_cpus: int = Field(4, ge=1)
+    num_gpus: int = Field(4, ge=0)
+
+
+class ClusterSpec(_Strict):
+    address: str | None = Field(None, description="Ray address; None = start a local instance (ray job submit sets RAY_ADDRESS)")
+    accelerator: Literal["cuda", "cpu"] = Field("cuda", description="device the workers compute on")
+    cpu_threads: int = Field(1, ge=1, description="torch threads per worker on CPU (fixed so results repeat bit for bit)")
+    local: LocalCluster = LocalCluster()
+
+
+class CampaignSpec(_Strict):
+    version: Literal[1] = SPEC_VERSION
+    name: Name
+    store: str = Field("./store", description="local path, file:// or s3://bucket/prefix")
+    seeds: list[int] = Field(min_length=1)
+    data: DataSpec
+    model: ModelConfig = ModelConfig()
+    train: TrainRecipe = TrainRecipe()
+    evals: list[EvalRecipe] = Field(default_factory=list)
+    checkpoint_every_s: float = Field(60.0, gt=0, description="eval progress is flushed to the store this often")
+    results_dir: str = Field("results", description="where summaries are written, under <results_dir>/<name>/")
+    cluster: ClusterSpec = ClusterSpec()
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"seeds must be unique, got {v}")
+        if any(s < 0 for s in v):
+            raise ValueError(f"seeds must be non-negative, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _cross(self) -> CampaignSpec:
+        names = [e.name for e in self.evals]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"evals: duplicate recipe names {dup}")
+        if self.cluster.accelerator == "cuda" and self.train.gpus_per_worker < 1:
+            raise ValueError("train.gpus_per_worker must be >= 1 when cluster.accelerator is cuda")
+        return self
+
+    # The parts that decide the numbers. Where it runs (cluster), where it is stored and how often
+    # progress is flushed do not, so a campaign can resume on another cluster or store copy.
+    def fingerprint_dict(self) -> dict[str, Any]:
+        d = self.model_dump(mode="json")
+        for k in ("cluster", "store", "checkpoint_every_s", "results_dir"):
+            d.pop(k)
+        return d
+
+    def fingerprint(self) -> str:
+        blob = json.dumps(self.fingerprint_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def eval_recipe(self, name: str) -> EvalRecipe:
+        for e in self.evals:
+            if e.name == name:
+                return e
+        raise KeyError(name)
+
+
+def _format_error(source: str, err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "<top>"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{source}: {loc}: {msg}{more}"
+
+
+def parse_spec(data: Any, source: str = "<spec>") -> CampaignSpec:
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: the campaign must be a mapping of keys, got {type(data).__name__}")
+    try:
+        return CampaignSpec.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(_format_error(source, e)) from None
+
+
+def load_spec(path: str | Path) -> CampaignSpec:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise SpecError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise SpecError(f"{path}:{where} invalid YAML: {getattr(e, 'problem', e)}") from None
+    return parse_spec(data, str(path))

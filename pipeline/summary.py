@@ -1,0 +1,92 @@
+"""Multi-seed summary, computed from the store alone: per-seed val_bpb, mean and sample std."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from pipeline.spec import CampaignSpec
+from pipeline.store import Layout, Store
+
+SUMMARY_VERSION = 1
+STD_DDOF = 1  # sample standard deviation (n − 1), as the seeds' 3-seed records report it
+
+
+def build_summary(spec: CampaignSpec, store: Store, timings: dict[str, Any] | None = None) -> dict[str, Any]:
+    layout = Layout(spec.name)
+    seeds: dict[str, Any] = {}
+    for seed in spec.seeds:
+        entry: dict[str, Any] = {}
+        if store.exists(layout.manifest(seed)):
+            m = store.get_json(layout.manifest(seed))
+            entry["train"] = {
+                "artifact_bytes": m["bytes"],
+                "sha256": m["sha256"],
+                "steps": m["train"]["steps"],
+                "wall_s": m["train"]["wall_s"],
+                "final_train_loss": m["train"]["final_train_loss"],
+            }
+        seeds[str(seed)] = entry
+    recipes: dict[str, Any] = {}
+    for e in spec.evals:
+        per_seed: dict[str, Any] = {}
+        for seed in spec.seeds:
+            if store.exists(layout.result(seed, e.name)):
+                r = store.get_json(layout.result(seed, e.name))
+                per_seed[str(seed)] = {k: r[k] for k in ("val_bpb", "val_loss", "tokens", "bytes", "windows", "unigram_bpb")}
+        bpbs = [v["val_bpb"] for v in per_seed.values()]
+        recipes[e.name] = {
+            "kind": e.kind,
+            "seeds": per_seed,
+            "n": len(bpbs),
+            "complete": len(bpbs) == len(spec.seeds),
+            "mean_val_bpb": statistics.fmean(bpbs) if bpbs else None,
+            "std_val_bpb": statistics.stdev(bpbs) if len(bpbs) > 1 else None,
+            "std_ddof": STD_DDOF,
+        }
+    return {
+        "version": SUMMARY_VERSION,
+        "campaign": spec.name,
+        "store": store.uri,
+        "spec_fingerprint": spec.fingerprint(),
+        "seeds": seeds,
+        "evals": recipes,
+        **({"timings": timings} if timings else {}),
+    }
+
+
+def write_summary(summary: dict[str, Any], results_dir: str | Path) -> Path:
+    out = Path(results_dir) / summary["campaign"] / "summary.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    tmp.replace(out)
+    return out
+
+
+def render_table(summary: dict[str, Any]):
+    """A rich Table: one row per recipe, one column per seed, then mean ± std."""
+    from rich.table import Table
+
+    seeds = list(summary["seeds"])
+    table = Table(title=f"{summary['campaign']}: val_bpb (std: sample, ddof={STD_DDOF})")
+    table.add_column("eval")
+    for s in seeds:
+        table.add_column(f"seed {s}", justify="right")
+    table.add_column("mean", justify="right")
+    table.add_column("std", justify="right")
+    for name, r in summary["evals"].items():
+        cells = [f"{r['seeds'][s]['val_bpb']:.6f}" if s in r["seeds"] else "-" for s in seeds]
+        mean = f"{r['mean_val_bpb']:.6f}" if r["mean_val_bpb"] is not None else "-"
+        std = f"{r['std_val_bpb']:.6f}" if r["std_val_bpb"] is not None else "-"
+        table.add_row(name, *cells, mean, std)
+    return table
+
+
+def is_finite_complete(summary: dict[str, Any]) -> bool:
+    return all(
+        r["complete"] and all(math.isfinite(v["val_bpb"]) for v in r["seeds"].values()) for r in summary["evals"].values()
+    )

@@ -1,0 +1,109 @@
+"""Shared fixtures: a tiny corpus + tokenizer + shards, a local Ray instance with logical GPUs, and
+a real S3-compatible server (moto) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from pipeline.spec import CampaignSpec, parse_spec
+
+TINY_MODEL = {"vocab_size": 512, "num_layers": 2, "model_dim": 64, "num_heads": 4, "num_kv_heads": 2, "mlp_mult": 2}
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    """~600 standard-library docstrings as a .jsonl corpus."""
+    from workers.prepare import stdlib_corpus
+
+    out = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
+    with open(out, "w") as f:
+        for doc in itertools.islice(stdlib_corpus(), 600):
+            f.write(json.dumps({"text": doc}) + "\n")
+    return out
+
+
+@pytest.fixture(scope="session")
+def data_dir(corpus, tmp_path_factory) -> Path:
+    from workers.prepare import prepare
+
+    out = tmp_path_factory.mktemp("data")
+    prepare([corpus], vocab_size=TINY_MODEL["vocab_size"], out_dir=out, shard_tokens=50_000)
+    return out
+
+
+def make_spec(data_dir: Path, store: str, **overrides) -> CampaignSpec:
+    """A tiny campaign for tests; `overrides` replace top-level keys (dicts are merged one level)."""
+    base = {
+        "name": "t",
+        "store": store,
+        "seeds": [1, 2],
+        "data": {"shards": str(data_dir), "tokenizer": str(data_dir / "tokenizer.model"), "val_tokens": 3000},
+        "model": dict(TINY_MODEL),
+        "train": {
+            "world_size": 2,
+            "gpus_per_worker": 1,
+            "max_steps": 6,
+            "max_wallclock_s": 120,
+            "batch_tokens": 1024,
+            "seq_len": 64,
+            "warmup_steps": 2,
+            "log_every": 2,
+        },
+        "evals": [{"name": "sw", "kind": "sliding", "seq_len": 64, "stride": 16, "batch_seqs": 8}],
+        "checkpoint_every_s": 0.0001,
+        "cluster": {"accelerator": "cpu", "cpu_threads": 1, "local": {"num_cpus": 4, "num_gpus": 4}},
+    }
+    for k, v in overrides.items():
+        base[k] = {**base[k], **v} if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return parse_spec(base)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance for the session: 4 CPUs and 4 logical GPUs on this CPU box."""
+    import ray
+
+    ray.init(num_cpus=4, num_gpus=4, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's threaded S3 server on 127.0.0.1, reached by boto3 through AWS_ENDPOINT_URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield env["AWS_ENDPOINT_URL"]
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    import uuid
+
+    import boto3
+
+    name = f"test-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return name

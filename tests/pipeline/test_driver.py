@@ -1,0 +1,79 @@
+import json
+
+import pytest
+import yaml
+
+from pipeline.cli import main
+from pipeline.driver import CampaignChanged, Driver, check_campaign
+from pipeline.ledger import Ledger
+from pipeline.store import Layout, open_store
+from pipeline.units import IllegalTransition, Unit, UnitState, UnitTracker
+from tests.conftest import make_spec
+
+
+def write_spec(path, spec):
+    path.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    return path
+
+
+def test_campaign_end_to_end_then_rerun_skips_everything(ray_local, data_dir, tmp_path, capsys):
+    spec = make_spec(
+        data_dir, str(tmp_path / "store"), seeds=[1, 2, 3], results_dir=str(tmp_path / "results"), train={"max_steps": 40}
+    )
+    f = write_spec(tmp_path / "c.yaml", spec)
+    assert main(["run", str(f)]) == 0
+    summary = json.loads((tmp_path / "results" / "t" / "summary.json").read_text())
+    sw = summary["evals"]["sw"]
+    assert sw["complete"] and sw["n"] == 3 and sw["std_ddof"] == 1
+    for r in sw["seeds"].values():
+        assert r["val_bpb"] < r["unigram_bpb"]  # a few steps already beat a unigram model
+    assert set(summary["timings"]["units_s"]) == {"train/1", "train/2", "train/3", "eval/1/sw/0", "eval/2/sw/0", "eval/3/sw/0"}
+
+    store, layout = open_store(spec.store), Layout("t")
+    events = Ledger(store, layout, "x").events()
+    started = [e["unit"] for e in events if e["state"] == "RUNNING"]
+    assert sorted(started) == sorted(summary["timings"]["units_s"])  # each unit ran once
+    assert all(e["version"] == 1 for e in events)
+    before = store.list()
+    capsys.readouterr()
+
+    assert main(["run", str(f)]) == 0
+    assert "ran 0 unit(s), skipped 6 already DONE" in capsys.readouterr().out
+    assert store.list() == before  # nothing ran, nothing was written
+
+
+def test_changed_spec_is_refused_and_nothing_is_overwritten(data_dir, tmp_path):
+    spec = make_spec(data_dir, str(tmp_path / "store"))
+    store = open_store(spec.store)
+    assert check_campaign(spec, store) is False
+    before = store.get(Layout("t").campaign_json)
+    changed = make_spec(data_dir, spec.store, model={"num_layers": 3}, evals=[{"name": "sw", "stride": 8, "seq_len": 64}])
+    with pytest.raises(CampaignChanged, match=r"changed: evals, model.num_layers"):
+        check_campaign(changed, store)
+    assert store.get(Layout("t").campaign_json) == before
+    moved = make_spec(data_dir, spec.store, cluster={"cpu_threads": 2}, checkpoint_every_s=30)
+    assert check_campaign(moved, store) is True  # where and how often it runs is not the campaign
+
+
+def test_failed_training_is_reported_not_retried(ray_local, data_dir, tmp_path):
+    spec = make_spec(data_dir, str(tmp_path / "store"), seeds=[5], train={"artifact_limit_bytes": 1000, "max_steps": 1})
+    report = Driver(spec, log=lambda _: None).run()
+    assert list(report.failed) == [Unit.train(5)]
+    assert "artifact_limit_bytes" in report.failed[Unit.train(5)]
+    assert report.blocked == [Unit.eval(5, "sw")]
+    states = [(e["unit"], e["state"]) for e in Ledger(open_store(spec.store), Layout("t"), "x").events()]
+    assert states == [("train/5", "RUNNING"), ("train/5", "FAILED")]
+
+
+def test_state_machine():
+    t = UnitTracker()
+    u = Unit.eval(1, "sw")
+    t.add(u)
+    t.move(u, UnitState.RUNNING)
+    t.move(u, UnitState.INTERRUPTED)
+    t.move(u, UnitState.PENDING)
+    t.move(u, UnitState.RUNNING)
+    t.move(u, UnitState.DONE)
+    with pytest.raises(IllegalTransition, match="DONE → RUNNING"):
+        t.move(u, UnitState.RUNNING)
+    assert u.id == "eval/1/sw/0" and Unit.train(3).id == "train/3"
