@@ -1,4 +1,4 @@
-"""`pipeline` command line: run a campaign, validate a spec, prepare data.
+"""`pipeline` command line: run a campaign, run one eval, validate a spec, prepare data.
 
 Errors a user can fix (bad spec, missing file, changed campaign) print one line naming the file or
 field and exit with status 2; a campaign with failed units exits with status 1.
@@ -68,6 +68,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """One eval unit in this process, no Ray: resumes from the store like a Ray task would."""
+    from pipeline.driver import resolve_paths
+    from pipeline.spec import load_spec
+    from workers.evaluate import run_eval
+
+    spec = resolve_paths(load_spec(args.spec))
+    if args.recipe not in {e.name for e in spec.evals}:
+        raise ValueError(f"{args.spec}: no eval recipe named {args.recipe!r}")
+    r = run_eval(spec, args.seed, args.recipe, spec.store, args.shard)
+    run = r["run"]
+    print(
+        f"seed {args.seed} {args.recipe}: val_bpb {r['val_bpb']:.8f} val_loss {r['val_loss']:.8f} "
+        f"({r['tokens']:,} tokens, {r['bytes']:,} bytes, {r['windows']:,} windows; "
+        f"resumed {run['resumed_batches']} of {r['batches']} batches, {run['wall_s']:.1f}s)"
+    )
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from pipeline.spec import load_spec
 
@@ -105,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--results-dir", help="override the spec's results_dir")
     r.add_argument("--worker-logs", action="store_true", help="stream Ray worker logs to this terminal")
     r.set_defaults(func=cmd_run)
+
+    e = sub.add_parser("eval", help="run or resume one eval unit in this process (no Ray)")
+    e.add_argument("spec")
+    e.add_argument("--seed", type=int, required=True)
+    e.add_argument("--recipe", required=True)
+    e.add_argument("--shard", type=int, default=0)
+    e.set_defaults(func=cmd_eval)
 
     v = sub.add_parser("validate", help="check a campaign file")
     v.add_argument("spec")

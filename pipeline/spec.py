@@ -105,21 +105,94 @@ class TrainRecipe(_Strict):
         return self
 
 
-class EvalRecipe(_Strict):
-    name: Name = Field(description="recipe name, unique in the campaign; names the store directory")
+class SlidingPass(_Strict):
+    """Score each window's positions with the model as it is."""
+
     kind: Literal["sliding"] = "sliding"
+
+
+class SlotPass(_Strict):
+    """Shared SLOT: per batch, a δ [1, 1, d] added to the final hidden states, fitted by AdamW for
+    `steps` steps on a cosine lr from `lr` to `lr_min`, then the batch is scored once with it."""
+
+    kind: Literal["slot"]
+    lr: float = Field(0.1, gt=0)
+    lr_min: float = Field(0.001, ge=0)
+    steps: int = Field(100, ge=1)
+    weight_decay: float = Field(1e-8, ge=0)
+    eps: float = Field(1e-5, gt=0)
+    loss_positions: Literal["scored", "all"] = Field(
+        "scored", description="fit δ on the positions that are scored, or on every position of the windows"
+    )
+
+
+class SlotPerSamplePass(_Strict):
+    """Per-sample SLOT: δ [B, 1, d] and a logit bias [B, 1, V] (added before the softcap), AdamW
+    with default settings, cosine lr, loss over the scored positions."""
+
+    kind: Literal["slot_per_sample"]
+    lr: float = Field(0.008, gt=0)
+    lr_min: float = Field(0.0008, ge=0)
+    steps: int = Field(16, ge=1)
+
+
+class TTTPass(_Strict):
+    """Score-first test-time training: val is cut into chunks; each chunk is scored by the next
+    pass, then (except the last) the model trains on it. Sequential over chunks."""
+
+    kind: Literal["ttt"]
+    chunk_tokens: int = Field(32768, ge=2)
+    epochs: int = Field(3, ge=1)
+    lr: float = Field(0.002, gt=0, description="peak lr; chunk c uses lr · ½(1 + cos(π c / (n − 1)))")
+    optimizer: Literal["sgd", "muon"] = Field("sgd", description="muon: Newton–Schulz step for 2-D weights, SGD for the rest")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    grad_clip: float = Field(1.0, ge=0, description="global grad-norm clip; 0 = off")
+    batch_seqs: int = Field(32, ge=1, description="training sequences per step")
+    params: list[str] = Field(
+        default_factory=lambda: ["*"], min_length=1, description="glob patterns of parameter names that train"
+    )
+    muon_backend_steps: int = Field(5, ge=1)
+
+
+Pass = Annotated[SlidingPass | SlotPass | SlotPerSamplePass | TTTPass, Field(discriminator="kind")]
+SCORING_KINDS = ("sliding", "slot", "slot_per_sample")
+
+
+class EvalRecipe(_Strict):
+    """A list of passes: optional adaptation (ttt) and one scoring pass last (sliding, slot,
+    slot_per_sample). [ttt, slot] is TTT then SLOT on the adapted model."""
+
+    name: Name = Field(description="recipe name, unique in the campaign; names the store directory")
     seq_len: int = Field(1024, ge=2)
     stride: int = Field(64, ge=1)
     batch_seqs: int = Field(32, ge=1, description="consecutive windows per batch")
     window_filter: Literal["exact", "legacy"] = Field(
         "exact", description="exact: every target scored once; legacy: the seeds' SLOT records (tail rescored)"
     )
+    passes: list[Pass] = Field(default_factory=lambda: [SlidingPass()], min_length=1)
 
     @model_validator(mode="after")
-    def _stride(self) -> EvalRecipe:
+    def _check(self) -> EvalRecipe:
         if self.stride > self.seq_len:
             raise ValueError(f"stride ({self.stride}) must not exceed seq_len ({self.seq_len})")
+        if self.passes[-1].kind not in SCORING_KINDS:
+            raise ValueError(f"passes: the last pass must score ({', '.join(SCORING_KINDS)}), not {self.passes[-1].kind}")
+        adapt = self.passes[:-1]
+        if len(adapt) > 1 or any(p.kind != "ttt" for p in adapt):
+            raise ValueError("passes: at most one ttt pass may come before the scoring pass")
         return self
+
+    @property
+    def kind(self) -> str:
+        return "+".join(p.kind for p in self.passes)
+
+    @property
+    def scorer(self) -> SlidingPass | SlotPass | SlotPerSamplePass:
+        return self.passes[-1]
+
+    @property
+    def ttt(self) -> TTTPass | None:
+        return self.passes[0] if len(self.passes) > 1 else None
 
 
 class LocalCluster(_Strict):

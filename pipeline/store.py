@@ -54,6 +54,10 @@ class Store(ABC):
     def list(self, prefix: str = "") -> list[str]:
         """Keys under `prefix` (a directory, no trailing slash needed), sorted."""
 
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove an object that a newer one made obsolete (old TTT states); missing is fine."""
+
     def put_json(self, key: str, obj: Any) -> None:
         self.put(key, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
 
@@ -98,6 +102,9 @@ class LocalStore(Store):
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
 
     def list(self, prefix: str = "") -> list[str]:
         base = self._path(prefix.rstrip("/")) if prefix else self.root
@@ -153,6 +160,9 @@ class S3Store(Store):
                 return False
             raise
 
+    def delete(self, key: str) -> None:
+        self._client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
     def list(self, prefix: str = "") -> list[str]:
         full = self._key(prefix.rstrip("/")) + "/" if prefix else (f"{self.prefix}/" if self.prefix else "")
         strip = len(self.prefix) + 1 if self.prefix else 0
@@ -173,8 +183,8 @@ def open_store(uri: str) -> Store:
 
 
 class Layout:
-    """Where each object of a campaign lives (design §3). Commit objects are named `*_commit`-style
-    methods' targets: manifest.json for train, result.json for an eval."""
+    """Where each object of a campaign lives (design §3). The commit objects, written last, are
+    manifest.json for a train unit and result.json for an eval."""
 
     def __init__(self, campaign: str):
         self.root = campaign
@@ -208,6 +218,9 @@ class Layout:
 
     def segment(self, seed: int, recipe: str, shard: int, n: int) -> str:
         return f"{self.shard_dir(seed, recipe, shard)}/seg-{n:06d}"
+
+    def ttt_state(self, seed: int, recipe: str, shard: int, next_chunk: int) -> str:
+        return f"{self.shard_dir(seed, recipe, shard)}/state-{next_chunk:06d}"
 
     def result(self, seed: int, recipe: str) -> str:
         """Eval commit object."""

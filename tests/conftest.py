@@ -54,7 +54,7 @@ def make_spec(data_dir: Path, store: str, **overrides) -> CampaignSpec:
             "warmup_steps": 2,
             "log_every": 2,
         },
-        "evals": [{"name": "sw", "kind": "sliding", "seq_len": 64, "stride": 16, "batch_seqs": 8}],
+        "evals": [{"name": "sw", "seq_len": 64, "stride": 16, "batch_seqs": 8}],
         "checkpoint_every_s": 0.0001,
         "cluster": {"accelerator": "cpu", "cpu_threads": 1, "local": {"num_cpus": 4, "num_gpus": 4}},
     }

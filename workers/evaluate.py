@@ -8,12 +8,12 @@ and index arithmetic in numpy rather than a Python loop per window.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pipeline.spec import CampaignSpec, EvalRecipe
 from pipeline.store import Layout, Store, open_store
@@ -21,9 +21,11 @@ from workers.artifact import load_artifact, sha256
 from workers.device import select_device
 from workers.data import bits_per_byte, load_val_tokens, target_bytes, unigram_bpb
 from workers.model import GPT
+from workers.scoring import SCORERS
 from workers.segments import Record, SegmentWriter, load_progress, merge
 from workers.tokenizer import byte_tables, load_sp
-from workers.windows import Windows, batch_index, make_windows, num_batches
+from workers.ttt import ChunkTrainer, num_chunks, restore_latest, save_state
+from workers.windows import Windows, batch_index, chunk_of_windows, make_windows, plan_batches
 
 RESULT_VERSION = 1
 
@@ -36,13 +38,14 @@ class EvalContext:
     val: np.ndarray
     tables: tuple[np.ndarray, np.ndarray, np.ndarray]
     windows: Windows
+    bounds: np.ndarray  # batch b = windows [bounds[b], bounds[b + 1])
     recipe: EvalRecipe
     device: torch.device
     artifact_sha256: str
 
     @property
     def num_batches(self) -> int:
-        return num_batches(len(self.windows), self.recipe.batch_seqs)
+        return int(self.bounds.size - 1)
 
 
 def load_model(store: Store, layout: Layout, seed: int, device: torch.device) -> tuple[GPT, str]:
@@ -53,6 +56,7 @@ def load_model(store: Store, layout: Layout, seed: int, device: torch.device) ->
     cfg, state = load_artifact(blob, layout.artifact(seed))
     model = GPT(cfg)
     model.load_state_dict(state)
+    model.requires_grad_(False)  # scoring never needs weight grads; TTT turns on what it trains
     return model.to(device).eval(), manifest["sha256"]
 
 
@@ -63,25 +67,22 @@ def prepare_context(spec: CampaignSpec, seed: int, recipe: EvalRecipe, store: St
     if int(val.max()) >= model.cfg.vocab_size:
         raise ValueError(f"{spec.data.shards}: val token id {int(val.max())} >= model vocab_size {model.cfg.vocab_size}")
     windows = make_windows(val.size - 1, recipe.seq_len, recipe.stride, recipe.window_filter)
-    return EvalContext(model, val, tables, windows, recipe, device, digest)
+    bounds = plan_batches(windows, recipe.batch_seqs, recipe.ttt.chunk_tokens if recipe.ttt else None)
+    return EvalContext(model, val, tables, windows, bounds, recipe, device, digest)
 
 
-@torch.no_grad()
-def score_sliding(ctx: EvalContext, batch: int) -> Record:
-    """Score one batch of windows: Σ nll (float64), tokens and bytes of its scored targets."""
-    bi = batch_index(ctx.val, ctx.windows, batch, ctx.recipe.batch_seqs)
+def score_batch(ctx: EvalContext, batch: int) -> Record:
+    """One batch: hidden states once (no grad), then the recipe's scoring pass on them."""
+    lo, hi = int(ctx.bounds[batch]), int(ctx.bounds[batch + 1])
+    bi = batch_index(ctx.val, ctx.windows, lo, hi)
     dev = ctx.device
-    x = torch.from_numpy(bi.x).to(dev)
-    rows, cols = torch.from_numpy(bi.rows).to(dev), torch.from_numpy(bi.cols).to(dev)
+    with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        h = ctx.model.forward_hidden(torch.from_numpy(bi.x).to(dev))
+    scorer = ctx.recipe.scorer
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-        h = ctx.model.forward_hidden(x)
-        logits = ctx.model.compute_logits(h[rows, cols])
-    nll = F.cross_entropy(logits.float(), torch.from_numpy(bi.targets).to(dev), reduction="none")
+        nll = SCORERS[scorer.kind](ctx.model, h, bi, scorer, dev)
     n_bytes = int(target_bytes(bi.prev, bi.targets, *ctx.tables).sum())
     return Record(batch, float(nll.double().sum()), int(bi.targets.size), n_bytes)
-
-
-SCORERS = {"sliding": score_sliding}
 
 
 def result_from_records(records: list[Record], ctx: EvalContext, seed: int) -> dict[str, Any]:
@@ -102,24 +103,81 @@ def result_from_records(records: list[Record], ctx: EvalContext, seed: int) -> d
     }
 
 
+@dataclass
+class EvalStats:
+    resumed_batches: int = 0
+    scored_batches: int = 0
+    score_s: float = 0.0
+    ttt_s: float = 0.0
+    flush_s: float = 0.0
+    resumed_chunk: int = 0
+
+
+def _score_missing(ctx: EvalContext, batches, records: dict[int, Record], writer: SegmentWriter, stats: EvalStats) -> None:
+    for b in batches:
+        if b not in records:
+            t = time.perf_counter()
+            records[b] = rec = score_batch(ctx, b)
+            stats.score_s += time.perf_counter() - t
+            stats.scored_batches += 1
+            writer.add(rec)
+
+
+def _run_ttt(ctx, store, layout, seed, shard, every_s, records, writer, stats) -> None:
+    """Score-first over chunks: score chunk c (batches not yet recorded), then train on it; at a
+    chunk boundary at least `every_s` after the last one, flush records and save the state."""
+    p = ctx.recipe.ttt
+    trainer = ChunkTrainer(ctx.model, p)
+    n = num_chunks(len(ctx.val) - 1, p.chunk_tokens)
+    batch_chunk = chunk_of_windows(ctx.windows, p.chunk_tokens)[ctx.bounds[:-1]]
+
+    def usable(chunk: int) -> bool:  # a state is only good if nothing before it must be rescored
+        return all(b in records for b in np.flatnonzero(batch_chunk < chunk).tolist())
+
+    start = restore_latest(store, layout, seed, ctx.recipe.name, shard, trainer, usable)
+    stats.resumed_chunk = start
+    last_state = time.monotonic()
+    for c in range(start, n):
+        _score_missing(ctx, np.flatnonzero(batch_chunk == c).tolist(), records, writer, stats)
+        if c == n - 1:
+            break
+        t = time.perf_counter()
+        trainer.train_chunk(ctx.val, c, n, ctx.recipe.seq_len, ctx.device)
+        stats.ttt_s += time.perf_counter() - t
+        if time.monotonic() - last_state >= every_s:
+            writer.flush()
+            t = time.perf_counter()
+            save_state(store, layout, seed, ctx.recipe.name, shard, trainer, c + 1)
+            stats.flush_s += time.perf_counter() - t
+            last_state = time.monotonic()
+
+
 def run_eval(spec: CampaignSpec, seed: int, recipe_name: str, store_uri: str, shard: int = 0) -> dict[str, Any]:
     """Run (or resume) one eval unit and commit result.json. Returns the result."""
     recipe = spec.eval_recipe(recipe_name)
-    store, layout = open_store(store_uri), Layout(spec.name)
+    store = open_store(store_uri)
     device = select_device(spec.cluster.accelerator, 0, spec.cluster.cpu_threads)
     ctx = prepare_context(spec, seed, recipe, store, device)
+    return execute(ctx, store, Layout(spec.name), seed, shard, spec.checkpoint_every_s)
+
+
+def execute(ctx: EvalContext, store: Store, layout: Layout, seed: int, shard: int, every_s: float) -> dict[str, Any]:
+    """Resume from the store's segments (and TTT state), score what is missing, commit the result."""
+    recipe = ctx.recipe
     progress = load_progress(store, layout, seed, recipe.name, shard)
-    writer = SegmentWriter(store, layout, seed, recipe.name, shard, progress.next_segment, spec.checkpoint_every_s)
-    score = SCORERS[recipe.kind]
-    records = dict(progress.records)
-    for b in range(ctx.num_batches):
-        if b not in records:
-            records[b] = rec = score(ctx, b)
-            writer.add(rec)
+    writer = SegmentWriter(store, layout, seed, recipe.name, shard, progress.next_segment, every_s)
+    records = {b: r for b, r in progress.records.items() if b < ctx.num_batches}
+    stats = EvalStats(resumed_batches=len(records))
+    t0 = time.perf_counter()
+    if recipe.ttt is None:
+        _score_missing(ctx, range(ctx.num_batches), records, writer, stats)
+    else:
+        _run_ttt(ctx, store, layout, seed, shard, every_s, records, writer, stats)
     writer.flush()
+    stats.flush_s += writer.flush_seconds
     result = result_from_records(list(records.values()), ctx, seed)
     if not math.isfinite(result["val_bpb"]):
         raise FloatingPointError(f"seed {seed} eval {recipe.name}: val_bpb is {result['val_bpb']}")
-    result["resumed_batches"] = len(progress.records)
+    result["run"] = {**asdict(stats), "wall_s": time.perf_counter() - t0}  # this attempt, not the numbers
     store.put_json(layout.result(seed, recipe.name), result)  # the commit object, written last
     return result

@@ -51,32 +51,52 @@ def make_windows(total_targets: int, seq_len: int, stride: int, window_filter: s
     return Windows(starts, lens, score_lo, seq_len)
 
 
-def num_batches(n_windows: int, batch_seqs: int) -> int:
-    return -(-n_windows // batch_seqs)
+def chunk_of_windows(w: Windows, chunk_tokens: int) -> np.ndarray:
+    """Score-first TTT: a window belongs to the chunk holding its first scored target. Windows are
+    in start order and first scored targets never decrease, so each chunk is a contiguous run."""
+    return (w.starts + w.score_lo) // chunk_tokens
+
+
+def plan_batches(w: Windows, batch_seqs: int, chunk_tokens: int | None = None) -> np.ndarray:
+    """Batch boundaries as window indices: batch b is windows [bounds[b], bounds[b + 1]). Batches are
+    `batch_seqs` consecutive windows; with chunks (TTT) a batch never crosses a chunk boundary,
+    because the model changes between chunks."""
+    n = len(w)
+    if chunk_tokens is None:
+        return np.append(np.arange(0, n, batch_seqs, dtype=np.int64), n)
+    chunk = chunk_of_windows(w, chunk_tokens)
+    firsts = np.flatnonzero(np.diff(chunk, prepend=-1))  # first window of each chunk
+    ends = np.append(firsts[1:], n)
+    starts = [np.arange(a, b, batch_seqs, dtype=np.int64) for a, b in zip(firsts, ends)]
+    return np.append(np.concatenate(starts), n)
 
 
 @dataclass(frozen=True)
 class BatchIndex:
-    """Token inputs of one batch and the flat list of its scored positions."""
+    """Token inputs of one batch, its scored positions and (for loss over all positions) every
+    valid position, each as flat (row, col) lists."""
 
     x: np.ndarray  # int64 [B, L] input tokens (zero-padded past each window's end)
     rows: np.ndarray  # int64 [K] batch row of each scored position
     cols: np.ndarray  # int64 [K] position within the row
     targets: np.ndarray  # int64 [K] target token ids
     prev: np.ndarray  # int64 [K] token before each target (for the leading-space byte)
+    all_rows: np.ndarray  # int64 [M] every valid position (scored or context)
+    all_cols: np.ndarray
+    all_targets: np.ndarray
 
 
-def batch_index(val: np.ndarray, w: Windows, batch: int, batch_seqs: int) -> BatchIndex:
-    lo, hi = batch * batch_seqs, min((batch + 1) * batch_seqs, len(w))
-    if lo >= hi:
-        raise IndexError(f"batch {batch} is out of range")
+def batch_index(val: np.ndarray, w: Windows, lo: int, hi: int) -> BatchIndex:
+    """Inputs and positions of windows [lo, hi)."""
+    if not 0 <= lo < hi <= len(w):
+        raise IndexError(f"windows [{lo}, {hi}) are out of range")
     starts, lens, score_lo = w.starts[lo:hi], w.lens[lo:hi], w.score_lo[lo:hi]
     L = int(lens.max())
     pos = np.arange(L, dtype=np.int64)
     absolute = starts[:, None] + pos[None, :]  # index of the input token; its target is +1
     valid = pos[None, :] < lens[:, None]
     x = np.where(valid, val[np.minimum(absolute, val.size - 1)], 0)
-    scored = (pos[None, :] >= score_lo[:, None]) & valid
-    rows, cols = np.nonzero(scored)
+    rows, cols = np.nonzero((pos[None, :] >= score_lo[:, None]) & valid)
     at = absolute[rows, cols]
-    return BatchIndex(x, rows, cols, val[at + 1], val[at])
+    all_rows, all_cols = np.nonzero(valid)
+    return BatchIndex(x, rows, cols, val[at + 1], val[at], all_rows, all_cols, val[absolute[all_rows, all_cols] + 1])

@@ -22,7 +22,11 @@ def test_examples_validate():
     assert golf.train.world_size == 8 and golf.train.max_wallclock_s == 600
     assert (golf.model.num_layers, golf.model.model_dim, golf.model.vocab_size) == (9, 512, 1024)
     (ev,) = golf.evals
-    assert (ev.stride, ev.seq_len, ev.batch_seqs) == (64, 1024, 32)
+    assert (ev.stride, ev.seq_len, ev.batch_seqs, ev.window_filter) == (64, 1024, 32, "legacy")
+    assert (ev.scorer.kind, ev.scorer.lr, ev.scorer.lr_min, ev.scorer.steps) == ("slot", 0.1, 0.001, 100)
+    kinds = [e.kind for e in load_spec(ROOT / "jobs/golf_ttt_slot.yaml").evals]
+    assert kinds == ["sliding", "slot", "slot_per_sample", "ttt+sliding", "ttt+sliding", "ttt+slot"]
+    assert {e.kind for e in demo.evals} == {"sliding", "slot", "slot_per_sample", "ttt+sliding", "ttt+slot"}
 
 
 def test_golf_model_is_baseline_size():
@@ -45,7 +49,12 @@ def test_golf_model_is_baseline_size():
         ({"train": {"batch_tokens": 1000}}, "train: Value error, batch_tokens"),
         ({"evals": [{"name": "a", "seq_len": 64, "stride": 128}]}, "evals.0"),
         ({"evals": [{"name": "a"}, {"name": "a"}]}, "duplicate recipe names"),
-        ({"evals": [{"name": "a", "kind": "bogus"}]}, "evals.0.kind"),
+        ({"evals": [{"name": "a", "passes": [{"kind": "bogus"}]}]}, "evals.0.passes.0"),
+        ({"evals": [{"name": "a", "passes": [{"kind": "slot", "stepz": 1}]}]}, "evals.0.passes.0.slot.stepz: unknown key"),
+        ({"evals": [{"name": "a", "passes": [{"kind": "slot"}, {"kind": "ttt"}]}]}, "the last pass must score"),
+        ({"evals": [{"name": "a", "passes": [{"kind": "slot"}, {"kind": "slot"}]}]}, "at most one ttt pass"),
+        ({"evals": [{"name": "a", "passes": []}]}, "evals.0.passes"),
+        ({"evals": [{"name": "a", "passes": [{"kind": "ttt", "optimizer": "adam"}, {"kind": "sliding"}]}]}, "optimizer"),
         ({"evals": [{"name": "Bad Name"}]}, "evals.0.name"),
         ({"name": "../escape"}, "name"),
         ({"checkpoint_every_s": -1}, "checkpoint_every_s"),

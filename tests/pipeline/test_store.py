@@ -22,6 +22,9 @@ def test_put_get_exists_list(store):
     assert store.list("a/b") == []
     store.put("z", b"whole new object")
     assert store.get("z") == b"whole new object"
+    store.delete("z")
+    store.delete("z")  # already gone is fine
+    assert not store.exists("z") and store.list() == ["a/b.json", "a/bc/d"]
 
 
 def test_json_and_missing(store):

@@ -1,49 +1,54 @@
 import math
 
-import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from pipeline.store import Layout, open_store
 from tests.conftest import make_spec
 from tests.workers.helpers import commit_random_model
-from workers.data import target_bytes
-from workers.evaluate import load_model, prepare_context, run_eval
+from tests.workers.reference import reference_eval
+from workers.evaluate import execute, load_model, prepare_context, run_eval
 from workers.segments import decode_segment, encode_segment, Record
 
 
-def reference_sliding(ctx) -> tuple[float, int, int]:
-    """Straightforward: every window on its own, logits for the whole window, then a mask."""
-    nll, tokens, nbytes = 0.0, 0, 0
-    val, w = ctx.val, ctx.windows
-    with torch.no_grad():
-        for s, n, lo in zip(w.starts.tolist(), w.lens.tolist(), w.score_lo.tolist()):
-            x = torch.from_numpy(val[s : s + n])[None]
-            y = torch.from_numpy(val[s + 1 : s + n + 1])
-            logits = ctx.model.compute_logits(ctx.model.forward_hidden(x))[0]
-            mask = torch.zeros(n, dtype=torch.bool)
-            mask[lo:] = True
-            losses = F.cross_entropy(logits.float(), y, reduction="none")
-            nll += float(losses[mask].double().sum())
-            tokens += int(mask.sum())
-            nbytes += int(target_bytes(val[s + lo : s + n], val[s + lo + 1 : s + n + 1], *ctx.tables).sum())
-    return nll, tokens, nbytes
+RECIPES = {
+    "sliding-exact": {"window_filter": "exact"},
+    "sliding-legacy": {"window_filter": "legacy"},
+    "slot": {"passes": [{"kind": "slot", "lr": 0.1, "lr_min": 0.001, "steps": 5}]},
+    "slot-all": {"passes": [{"kind": "slot", "steps": 4, "loss_positions": "all"}], "window_filter": "legacy"},
+    "slot-per-sample": {"passes": [{"kind": "slot_per_sample", "steps": 4}]},
+    "ttt-sgd": {"passes": [{"kind": "ttt", "chunk_tokens": 700, "epochs": 2, "lr": 0.01, "batch_seqs": 4}, {"kind": "sliding"}]},
+    "ttt-muon-slot": {
+        "passes": [
+            {"kind": "ttt", "chunk_tokens": 900, "epochs": 1, "lr": 0.002, "optimizer": "muon", "params": ["blocks.*"]},
+            {"kind": "slot", "steps": 3},
+        ]
+    },
+}
 
 
-@pytest.mark.parametrize("window_filter", ["exact", "legacy"])
-def test_sliding_matches_reference(data_dir, tmp_path, window_filter):
-    spec = make_spec(data_dir, str(tmp_path / "st"), evals=[{"name": "sw", "seq_len": 64, "stride": 16, "batch_seqs": 8, "window_filter": window_filter}])
+def recipe_spec(data_dir, store, name, val_tokens=2000):
+    ev = {"name": name, "seq_len": 64, "stride": 16, "batch_seqs": 8, **RECIPES[name]}
+    return make_spec(data_dir, store, evals=[ev], data={"val_tokens": val_tokens})
+
+
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_engine_matches_reference(data_dir, tmp_path, name):
+    """Engine (scored-position logits, batched gathers) vs the masked full-window reference, in fp64
+    so the comparison sees the semantics rather than fp32 rounding; and the fp32 engine end to end."""
+    spec = recipe_spec(data_dir, str(tmp_path / "st"), name)
     commit_random_model(spec, 1)
-    res = run_eval(spec, 1, "sw", spec.store)
-    store = open_store(spec.store)
-    ctx = prepare_context(spec, 1, spec.evals[0], store, torch.device("cpu"))
-    nll, tokens, nbytes = reference_sliding(ctx)
-    assert res["tokens"] == tokens and res["bytes"] == nbytes
-    assert math.isclose(res["nll_sum"], nll, rel_tol=1e-9)
+    store, cpu = open_store(spec.store), torch.device("cpu")
+    ctx = prepare_context(spec, 1, spec.evals[0], store, cpu)
+    ctx.model.double()
+    res = execute(ctx, store, Layout(spec.name), 1, 0, every_s=0.0)
+    ref_ctx = prepare_context(spec, 1, spec.evals[0], store, cpu)
+    ref_ctx.model.double()
+    nll, tokens, nbytes = reference_eval(ref_ctx)
+    assert (res["tokens"], res["bytes"]) == (tokens, nbytes)
+    assert math.isclose(res["nll_sum"], nll, rel_tol=1e-9), (res["nll_sum"], nll)
     assert res["val_bpb"] == pytest.approx(nll / math.log(2) / nbytes, rel=1e-9)
-    assert res["windows"] == len(ctx.windows)
-    if window_filter == "exact":
+    if spec.evals[0].window_filter == "exact":
         assert tokens == spec.data.val_tokens - 1
 
 
@@ -66,7 +71,7 @@ def test_records_segments_and_resume(data_dir, tmp_path):
         store2.put(k, store.get(k))
     store2.put(layout.segment(1, "sw", 0, len(segs)), b'{"version": 1, "records": [[0, 1.0')  # torn
     again = run_eval(spec.model_copy(update={"store": store2.uri}), 1, "sw", store2.uri)
-    assert again["resumed_batches"] == sum(len(decode_segment(store.get(k))) for k in half) > 0
+    assert again["run"]["resumed_batches"] == sum(len(decode_segment(store.get(k))) for k in half) > 0
     for k in ("nll_sum", "tokens", "bytes", "val_bpb", "val_loss"):
         assert again[k] == first[k], k
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from workers.windows import batch_index, make_windows, num_batches
+from workers.windows import batch_index, chunk_of_windows, make_windows, plan_batches
 
 STANDARD_VAL_TARGETS = 62_021_632
 
@@ -41,15 +41,27 @@ def test_batch_index_matches_a_loop():
     rng = np.random.default_rng(0)
     val = rng.integers(0, 50, size=300)
     w = make_windows(val.size - 1, 32, 8, "legacy")
-    bs = 5
-    for b in range(num_batches(len(w), bs)):
-        bi = batch_index(val, w, b, bs)
+    bounds = plan_batches(w, 5)
+    assert bounds[0] == 0 and bounds[-1] == len(w) and (np.diff(bounds) <= 5).all()
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        bi = batch_index(val, w, lo, hi)
         expect_t, expect_p = [], []
-        for r, i in enumerate(range(b * bs, min((b + 1) * bs, len(w)))):
-            s, n, lo = w.starts[i], w.lens[i], w.score_lo[i]
+        for r, i in enumerate(range(lo, hi)):
+            s, n, slo = w.starts[i], w.lens[i], w.score_lo[i]
             assert (bi.x[r, :n] == val[s : s + n]).all() and (bi.x[r, n:] == 0).all()
-            expect_t += list(val[s + lo + 1 : s + n + 1])
-            expect_p += list(val[s + lo : s + n])
+            expect_t += list(val[s + slo + 1 : s + n + 1])
+            expect_p += list(val[s + slo : s + n])
+            assert bi.all_targets[bi.all_rows == r].tolist() == list(val[s + 1 : s + n + 1])
         assert bi.targets.tolist() == expect_t and bi.prev.tolist() == expect_p
     with pytest.raises(IndexError):
-        batch_index(val, w, num_batches(len(w), bs), bs)
+        batch_index(val, w, len(w), len(w) + 1)
+
+
+def test_chunked_batches_never_cross_a_chunk():
+    w = make_windows(5000, 64, 16, "exact")
+    bounds = plan_batches(w, 7, chunk_tokens=1000)
+    chunk = chunk_of_windows(w, 1000)
+    assert (np.diff(chunk) >= 0).all()
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        assert 0 < hi - lo <= 7 and chunk[lo] == chunk[hi - 1]
+    assert sorted(set(chunk[bounds[:-1]].tolist())) == list(range(5))
