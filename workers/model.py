@@ -137,14 +137,19 @@ class GPT(nn.Module):
                 skips.append(x)
         return rms_norm(x)
 
-    def compute_logits(self, h: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """Hidden states [..., d] → softcapped logits [..., V] (tied head). `bias` is added before
-        the softcap (per-sample SLOT's logit bias)."""
-        logits = F.linear(h, self.tok_emb.weight.to(h.dtype))
-        if bias is not None:
-            logits = logits + bias
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Hidden states [..., d] → raw logits [..., V] (tied embedding), before the softcap."""
+        return F.linear(h, self.tok_emb.weight.to(h.dtype))
+
+    def softcap(self, z: torch.Tensor) -> torch.Tensor:
         cap = self.cfg.logit_softcap
-        return cap * torch.tanh(logits / cap)
+        return cap * torch.tanh(z / cap)
+
+    def compute_logits(self, h: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states [..., d] → softcapped logits [..., V]. `bias` is added before the softcap
+        (per-sample SLOT's logit bias)."""
+        z = self.head(h)
+        return self.softcap(z if bias is None else z + bias)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy over all positions, in fp32."""

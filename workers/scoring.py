@@ -33,47 +33,58 @@ def score_sliding(model: GPT, h: torch.Tensor, bi: BatchIndex, p: SlidingPass, d
 
 
 def score_slot(model: GPT, h: torch.Tensor, bi: BatchIndex, p: SlotPass, dev: torch.device) -> torch.Tensor:
+    """Shared δ [1, d]. The head is linear, so logits(H + δ) = softcap(H·Wᵀ + δ·Wᵀ): H·Wᵀ is
+    computed once per batch and each of the `steps` steps costs one [d] × [d, V] product instead of
+    a [K, d] × [d, V] one."""
     rows, cols, tgt = _idx(bi.rows, dev), _idx(bi.cols, dev), _idx(bi.targets, dev)
     dtype = _param_dtype(h)
-    h_score = h[rows, cols].to(dtype)
+    W = model.tok_emb.weight.to(dtype)
+    base_score = model.head(h[rows, cols]).to(dtype)
     if p.loss_positions == "all":
-        h_fit, t_fit = h[_idx(bi.all_rows, dev), _idx(bi.all_cols, dev)].to(dtype), _idx(bi.all_targets, dev)
+        base_fit = model.head(h[_idx(bi.all_rows, dev), _idx(bi.all_cols, dev)]).to(dtype)
+        t_fit = _idx(bi.all_targets, dev)
     else:
-        h_fit, t_fit = h_score, tgt
+        base_fit, t_fit = base_score, tgt
     delta = torch.zeros(1, h.size(-1), device=dev, dtype=dtype, requires_grad=True)
     opt = torch.optim.AdamW([delta], lr=p.lr, weight_decay=p.weight_decay, eps=p.eps)
-    with torch.enable_grad():
+    with torch.enable_grad(), torch.autocast(dev.type, enabled=False):
         for t in range(p.steps):
             for g in opt.param_groups:
                 g["lr"] = cosine_lr(t, p.steps, p.lr, p.lr_min)
-            loss = _ce(model.compute_logits(h_fit + delta), t_fit)
+            loss = _ce(model.softcap(base_fit + delta @ W.T), t_fit)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-    with torch.no_grad():
-        return _ce(model.compute_logits(h_score + delta), tgt, reduction="none")
+    with torch.no_grad(), torch.autocast(dev.type, enabled=False):
+        return _ce(model.softcap(base_score + delta @ W.T), tgt, reduction="none")
 
 
 def score_slot_per_sample(
     model: GPT, h: torch.Tensor, bi: BatchIndex, p: SlotPerSamplePass, dev: torch.device
 ) -> torch.Tensor:
+    """δ [B, d] and logit bias [B, V] per window; same linear-head shortcut as shared SLOT."""
     rows, cols, tgt = _idx(bi.rows, dev), _idx(bi.cols, dev), _idx(bi.targets, dev)
     dtype = _param_dtype(h)
-    h_score = h[rows, cols].to(dtype)
+    W = model.tok_emb.weight.to(dtype)
+    base = model.head(h[rows, cols]).to(dtype)
     B, V = h.size(0), model.cfg.vocab_size
     delta = torch.zeros(B, h.size(-1), device=dev, dtype=dtype, requires_grad=True)
     bias = torch.zeros(B, V, device=dev, dtype=dtype, requires_grad=True)
     opt = torch.optim.AdamW([delta, bias], lr=p.lr)
-    with torch.enable_grad():
+
+    def logits() -> torch.Tensor:
+        return model.softcap(base + (delta @ W.T + bias)[rows])
+
+    with torch.enable_grad(), torch.autocast(dev.type, enabled=False):
         for t in range(p.steps):
             for g in opt.param_groups:
                 g["lr"] = cosine_lr(t, p.steps, p.lr, p.lr_min)
-            loss = _ce(model.compute_logits(h_score + delta[rows], bias[rows]), tgt)
+            loss = _ce(logits(), tgt)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-    with torch.no_grad():
-        return _ce(model.compute_logits(h_score + delta[rows], bias[rows]), tgt, reduction="none")
+    with torch.no_grad(), torch.autocast(dev.type, enabled=False):
+        return _ce(logits(), tgt, reduction="none")
 
 
 SCORERS = {"sliding": score_sliding, "slot": score_slot, "slot_per_sample": score_slot_per_sample}

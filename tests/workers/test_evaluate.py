@@ -51,6 +51,13 @@ def test_engine_matches_reference(data_dir, tmp_path, name):
     if spec.evals[0].window_filter == "exact":
         assert tokens == spec.data.val_tokens - 1
 
+    # the production path in fp32: same semantics, only rounding apart
+    spec32 = spec.model_copy(update={"store": str(tmp_path / "st32")})
+    commit_random_model(spec32, 1)
+    res32 = run_eval(spec32, 1, name, spec32.store)
+    ref32 = reference_eval(prepare_context(spec32, 1, spec32.evals[0], open_store(spec32.store), cpu))
+    assert math.isclose(res32["nll_sum"], ref32[0], rel_tol=1e-8)
+
 
 def test_records_segments_and_resume(data_dir, tmp_path):
     spec = make_spec(data_dir, str(tmp_path / "st"))
