@@ -29,6 +29,7 @@ from pipeline.store import Layout, open_store  # noqa: E402
 from tests.workers.helpers import commit_random_model  # noqa: E402
 from tests.workers.reference import reference_batch  # noqa: E402
 from workers.evaluate import execute, prepare_context, score_batch  # noqa: E402
+from workers.plan import ensure_plan  # noqa: E402
 from workers.prepare import prepare, stdlib_corpus  # noqa: E402
 
 STANDARD_WINDOWS = 969_088  # legacy filter, stride 64, standard val set
@@ -97,12 +98,13 @@ def checkpoint_overhead(spec) -> dict:
     for every in (60.0, 1e-9):
         s = spec.model_copy(update={"store": tempfile.mkdtemp(), "checkpoint_every_s": every})
         commit_random_model(s, 1)
-        ctx = prepare_context(s, 1, s.evals[0], open_store(s.store), torch.device("cpu"))
-        res = execute(ctx, open_store(s.store), Layout(s.name), 1, 0, every)
+        store = open_store(s.store)
+        ctx = prepare_context(s, 1, s.evals[0], store, torch.device("cpu"))
+        done = execute(ctx, store, Layout(s.name), 1, 0, every, ensure_plan(store, s, 1, s.evals[0], 1))
         out[f"every_{every:g}s"] = {
-            "flush_share": res["run"]["flush_s"] / res["run"]["wall_s"],
-            "segments": len([k for k in open_store(s.store).list() if "/seg-" in k]),
-            "batches": res["batches"],
+            "flush_share": done["run"]["flush_s"] / done["run"]["wall_s"],
+            "segments": len([k for k in store.list() if "/seg-" in k]),
+            "batches": done["batches"],
         }
     return out
 

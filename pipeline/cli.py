@@ -72,12 +72,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """One eval unit in this process, no Ray: resumes from the store like a Ray task would."""
     from pipeline.driver import resolve_paths
     from pipeline.spec import load_spec
-    from workers.evaluate import run_eval
+    from pipeline.store import Layout, open_store
+    from workers.evaluate import merge_result, run_eval, run_shard
 
     spec = resolve_paths(load_spec(args.spec))
     if args.recipe not in {e.name for e in spec.evals}:
         raise ValueError(f"{args.spec}: no eval recipe named {args.recipe!r}")
-    r = run_eval(spec, args.seed, args.recipe, spec.store, args.shard)
+    if args.shard is None:
+        r = run_eval(spec, args.seed, args.recipe, spec.store)
+    else:
+        run_shard(spec, args.seed, args.recipe, spec.store, args.shard)
+        r = merge_result(open_store(spec.store), Layout(spec.name), args.seed, spec.eval_recipe(args.recipe))
+        if r is None:
+            print(f"seed {args.seed} {args.recipe}: shard {args.shard} done; other shards are still missing")
+            return 0
     run = r["run"]
     print(
         f"seed {args.seed} {args.recipe}: val_bpb {r['val_bpb']:.8f} val_loss {r['val_loss']:.8f} "
@@ -129,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("spec")
     e.add_argument("--seed", type=int, required=True)
     e.add_argument("--recipe", required=True)
-    e.add_argument("--shard", type=int, default=0)
+    e.add_argument("--shard", type=int, help="only this shard of the plan (default: every shard, in turn)")
     e.set_defaults(func=cmd_eval)
 
     v = sub.add_parser("validate", help="check a campaign file")

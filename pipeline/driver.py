@@ -23,17 +23,18 @@ from pipeline.ledger import Ledger
 from pipeline.spec import CampaignSpec
 from pipeline.store import Layout, Store, open_store
 from pipeline.units import Unit, UnitState, UnitTracker
+from workers.evaluate import merge_result
+from workers.plan import ensure_plan
 
 CAMPAIGN_VERSION = 1
-MAX_INTERRUPTIONS = 3  # a unit interrupted this often in one run is marked FAILED
 
 
 class CampaignChanged(RuntimeError):
     """The store holds this campaign under another spec; resuming would mix results."""
 
 
-class CampaignFailed(RuntimeError):
-    pass
+class UnitError(RuntimeError):
+    """An application error of a unit (bad input, a bug, a refused artifact): FAILED, not retried."""
 
 
 def _diff_paths(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -96,6 +97,8 @@ def _train_unit(spec_json: dict, seed: int, store_uri: str, context: dict) -> di
     from workers.train import ray_train_loop
 
     spec = CampaignSpec.model_validate(spec_json)
+    store, layout = open_store(store_uri), Layout(spec.name)
+    store.delete(layout.train_error(seed))  # a new attempt; the old error stays in the ledger
     t = spec.train
     use_gpu = t.gpus_per_worker > 0
     trainer = TorchTrainer(
@@ -110,19 +113,29 @@ def _train_unit(spec_json: dict, seed: int, store_uri: str, context: dict) -> di
         run_config=RunConfig(
             name=f"{spec.name}-seed{seed}-{uuid.uuid4().hex[:6]}",
             storage_path=os.path.join(tempfile.gettempdir(), "pipeline-ray-train"),
-            failure_config=FailureConfig(max_failures=0),
+            failure_config=FailureConfig(max_failures=t.max_failures),
         ),
     )
     result = trainer.fit()
+    if store.exists(layout.train_error(seed)):
+        raise UnitError(store.get_json(layout.train_error(seed))["error"])
     if result.error is not None:
         raise result.error
-    return open_store(store_uri).get_json(Layout(spec.name).manifest(seed))["train"]
+    return store.get_json(layout.manifest(seed))["train"]
 
 
-def _eval_unit(spec_json: dict, seed: int, recipe: str, store_uri: str, shard: int) -> dict:
-    from workers.evaluate import run_eval
+def _eval_unit(spec_json: dict, seed: int, recipe: str, store_uri: str, shard: int, run_id: str) -> dict:
+    """Runs in a num_gpus=1 Ray task: one eval shard, resumed from its segments."""
+    import ray
 
-    return run_eval(CampaignSpec.model_validate(spec_json), seed, recipe, store_uri, shard)
+    from workers.evaluate import run_shard
+
+    spec = CampaignSpec.model_validate(spec_json)
+    ctx = ray.get_runtime_context()
+    Ledger(open_store(store_uri), Layout(spec.name), run_id).placed(
+        Unit.eval(seed, recipe, shard), node_id=ctx.get_node_id(), gpu_ids=[str(g) for g in ray.get_gpu_ids()], pid=os.getpid()
+    )
+    return run_shard(spec, seed, recipe, store_uri, shard)
 
 
 # --- the scheduling loop ----------------------------------------------------------------------
@@ -140,15 +153,18 @@ class RunReport:
 
 
 def _is_system_failure(err: BaseException) -> bool:
-    """Node or process death (retry from the store) vs an error of the unit itself (FAILED)."""
-    import ray.exceptions as rex
+    """Node or process death (resume from the store) vs an error of the unit itself (FAILED).
 
-    system = tuple(
-        getattr(rex, n)
-        for n in ("WorkerCrashedError", "NodeDiedError", "ActorDiedError", "ObjectLostError", "OwnerDiedError", "LocalRayletDiedError", "TaskUnschedulableError")
-        if hasattr(rex, n)
-    )
-    return isinstance(err, system)
+    A task that raised is an application error, except when what it raised is Ray Train giving
+    up on a worker group whose workers kept dying; Ray's own errors (worker crashed, node died,
+    actor died, object lost) are system failures."""
+    import ray.exceptions as rex
+    from ray.train import TrainingFailedError
+
+    if isinstance(err, rex.RayTaskError):
+        cause = getattr(err, "cause", None)
+        return isinstance(cause, TrainingFailedError) and not isinstance(cause, UnitError)
+    return isinstance(err, rex.RayError)
 
 
 class Driver:
@@ -163,43 +179,69 @@ class Driver:
         self.ledger = Ledger(self.store, self.layout, run_id=uuid.uuid4().hex[:12])
         self.tracker = UnitTracker()
 
-    def units(self) -> list[Unit]:
-        out = []
-        for seed in self.spec.seeds:
-            out.append(Unit.train(seed))
-            out += [Unit.eval(seed, e.name) for e in self.spec.evals]
-        return out
-
     def _capacity(self) -> float:
         import ray
 
         return float(ray.cluster_resources().get("GPU", 0.0))
 
+    def _add_evals(self, seed: int, report: RunReport, default_shards: int) -> None:
+        """Plan the seed's evals (plan.json, written once) and track one unit per shard."""
+        for recipe in self.spec.evals:
+            if self.store.exists(self.layout.result(seed, recipe.name)):
+                continue
+            plan = ensure_plan(self.store, self.spec, seed, recipe, default_shards)
+            for k in range(len(plan["shards"])):
+                u = Unit.eval(seed, recipe.name, k)
+                done = self.store.exists(u.commit_key(self.layout))
+                self.tracker.add(u, UnitState.DONE if done else UnitState.PENDING)
+                if done:
+                    report.skipped.append(u)
+            self._merge_if_complete(seed, recipe.name)
+
+    def _merge_if_complete(self, seed: int, recipe: str) -> None:
+        shards = [u for u in self.tracker.states if u.kind == "eval" and u.seed == seed and u.recipe == recipe]
+        if shards and all(self.tracker.state(u) == UnitState.DONE for u in shards):
+            r = merge_result(self.store, self.layout, seed, self.spec.eval_recipe(recipe))
+            self.log(f"result seed {seed} {recipe}: val_bpb {r['val_bpb']:.6f} ({r['shards']} shard(s))")
+
     def run(self) -> RunReport:
         import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         t_start = time.perf_counter()
         report = RunReport(self.spec)
         check_campaign(self.spec, self.store)
-        for u in self.units():
-            done = self.store.exists(u.commit_key(self.layout))
+        layout, spec = self.layout, self.spec
+        evals_left = {s: [e for e in spec.evals if not self.store.exists(layout.result(s, e.name))] for s in spec.seeds}
+        for seed in spec.seeds:
+            u = Unit.train(seed)
+            done = self.store.exists(u.commit_key(layout))
             self.tracker.add(u, UnitState.DONE if done else UnitState.PENDING)
             if done:
                 report.skipped.append(u)
-        if report.skipped:
-            self.log(f"skipping {len(report.skipped)} unit(s) already DONE in {self.store.uri}")
-        if not self.tracker.in_state(UnitState.PENDING):
+            report.skipped += [Unit.eval(seed, e.name) for e in spec.evals if e not in evals_left[seed]]
+        if not any(not self.store.exists(layout.manifest(s)) or evals_left[s] for s in spec.seeds):
+            self.log(f"every unit is already DONE in {self.store.uri}")
             return report
         if self.connect is not None:
             self.connect()
-
-        spec_json = self.spec.model_dump(mode="json")
-        context = {"git_commit": git_commit(), "spec_fingerprint": self.spec.fingerprint()}
-        train_remote = ray.remote(num_cpus=0, max_retries=0)(_train_unit)
-        eval_remote = ray.remote(max_retries=0)(_eval_unit)
-        t = self.spec.train
-        train_slots = t.world_size * t.gpus_per_worker
         capacity = self._capacity()
+        default_shards = max(1, int(capacity))
+        for seed in spec.seeds:
+            if self.tracker.state(Unit.train(seed)) == UnitState.DONE:
+                self._add_evals(seed, report, default_shards)
+        if report.skipped:
+            self.log(f"skipping {len(report.skipped)} unit(s) already DONE in {self.store.uri}")
+
+        spec_json = spec.model_dump(mode="json")
+        context = {"git_commit": git_commit(), "spec_fingerprint": spec.fingerprint()}
+        # The launcher of a worker group stays on the driver's node, so losing a GPU node costs the
+        # group its workers (Ray Train restarts them) but never the launcher itself.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        train_remote = ray.remote(num_cpus=0, max_retries=0, scheduling_strategy=here)(_train_unit)
+        eval_remote = ray.remote(max_retries=0)(_eval_unit)
+        t = spec.train
+        train_slots = t.world_size * t.gpus_per_worker
         if train_slots > capacity and self.tracker.in_state(UnitState.PENDING):
             self.log(f"warning: a training group needs {train_slots:g} GPU slots, the cluster has {capacity:g} now")
 
@@ -210,31 +252,28 @@ class Driver:
         def launch(u: Unit) -> None:
             nonlocal train_busy
             if u.kind == "train":
-                ref = train_remote.remote(spec_json, u.seed, self.spec.store, context)
+                ref = train_remote.remote(spec_json, u.seed, spec.store, context)
                 train_busy += train_slots
             else:
-                ref = eval_remote.options(num_gpus=1).remote(spec_json, u.seed, u.recipe, self.spec.store, u.shard)
+                ref = eval_remote.options(num_gpus=1).remote(spec_json, u.seed, u.recipe, spec.store, u.shard, self.ledger.run_id)
             self.tracker.move(u, UnitState.RUNNING)
-            self.ledger.record(u, UnitState.RUNNING)
+            self.ledger.record(u, UnitState.RUNNING, attempt=interruptions.get(u, 0) + 1)
             running[ref] = (u, time.perf_counter())
             self.log(f"start  {u}")
 
-        def trained(seed: int) -> bool:
-            return self.tracker.state(Unit.train(seed)) == UnitState.DONE
-
         while True:
             pending = self.tracker.in_state(UnitState.PENDING)
-            # Trains first, in seed order, as many groups as fit; never more than one seed ahead
-            # of a group that could not start (Ray queues it until its GPUs are free).
+            # Trains first, in seed order, as many groups as fit (Ray queues one that does not
+            # until its GPUs are free).
             for u in (u for u in pending if u.kind == "train"):
                 if train_busy == 0 or train_busy + train_slots <= capacity:
                     launch(u)
-            # Evals fill whatever training leaves free.
+            # Eval shards fill whatever training leaves free.
             eval_busy = sum(1 for u, _ in running.values() if u.kind == "eval")
             free = max(capacity - train_busy - eval_busy, 0)
             if not any(u.kind == "train" for u, _ in running.values()):
                 free = max(free, 1)  # always make progress, even on a cluster still scaling up
-            for u in (u for u in pending if u.kind == "eval" and trained(u.seed)):
+            for u in (u for u in pending if u.kind == "eval"):
                 if free < 1:
                     break
                 launch(u)
@@ -256,9 +295,16 @@ class Driver:
             self.ledger.record(u, UnitState.DONE, seconds=secs)
             report.done.append(u)
             report.durations[u.id] = secs
-            extra = f"val_bpb {out['val_bpb']:.6f}" if u.kind == "eval" else f"{out.get('steps', '?')} steps"
-            self.log(f"done   {u}  {secs:6.1f}s  {extra}")
-        report.blocked = self.tracker.in_state(UnitState.PENDING)
+            if u.kind == "train":
+                self.log(f"done   {u}  {secs:6.1f}s  {out.get('steps', '?')} steps")
+                self._add_evals(u.seed, report, default_shards)
+            else:
+                self.log(f"done   {u}  {secs:6.1f}s  {out['batches']} batches")
+                self._merge_if_complete(u.seed, u.recipe)
+        report.blocked = [u for u in self.tracker.in_state(UnitState.PENDING)] + [
+            Unit.eval(s, e.name) for s in spec.seeds for e in evals_left[s]
+            if self.tracker.state(Unit.train(s)) != UnitState.DONE
+        ]
         report.wall_s = time.perf_counter() - t_start
         return report
 
@@ -268,7 +314,7 @@ class Driver:
         msg = f"{type(cause).__name__}: {text.splitlines()[-1] if text else ''}"
         if _is_system_failure(err):
             interruptions[u] = interruptions.get(u, 0) + 1
-            if interruptions[u] <= MAX_INTERRUPTIONS:
+            if interruptions[u] <= self.spec.cluster.max_interruptions:
                 self.tracker.move(u, UnitState.INTERRUPTED)
                 self.ledger.record(u, UnitState.INTERRUPTED, seconds=secs, error=msg)
                 self.tracker.move(u, UnitState.PENDING)

@@ -22,16 +22,16 @@ class Ledger:
         self.store, self.layout, self.run_id = store, layout, run_id
 
     def record(self, unit: Unit, state: UnitState, **detail: Any) -> dict[str, Any]:
+        """A state transition, written by the driver."""
+        return self._append({"event": "state", "unit": unit.id, "state": state.value, "driver_host": platform.node(), **detail})
+
+    def placed(self, unit: Unit, **where: Any) -> dict[str, Any]:
+        """Where an attempt of a unit landed (node, GPUs, pid), written by the task itself."""
+        return self._append({"event": "placed", "unit": unit.id, "host": platform.node(), **where})
+
+    def _append(self, body: dict[str, Any]) -> dict[str, Any]:
         now = time.time_ns()
-        event = {
-            "version": EVENT_VERSION,
-            "time": now / 1e9,
-            "run": self.run_id,
-            "unit": unit.id,
-            "state": state.value,
-            "driver_host": platform.node(),
-            **detail,
-        }
+        event = {"version": EVENT_VERSION, "time": now / 1e9, "run": self.run_id, **body}
         self.store.put_json(f"{self.layout.events}/{now:020d}-{os.urandom(4).hex()}.json", event)
         return event
 

@@ -93,6 +93,10 @@ class TrainRecipe(_Strict):
     ema: float | None = Field(None, gt=0, lt=1, description="export an EMA of the weights with this decay")
     artifact_limit_bytes: int = Field(16_000_000, ge=1)
     log_every: int = Field(50, ge=1)
+    checkpoint_every_steps: int | None = Field(
+        None, ge=1, description="also checkpoint every N steps (besides every checkpoint_every_s seconds)"
+    )
+    max_failures: int = Field(3, ge=0, description="worker-group restarts (from the last checkpoint) after a worker or node dies")
 
     @model_validator(mode="after")
     def _batch(self) -> TrainRecipe:
@@ -170,6 +174,9 @@ class EvalRecipe(_Strict):
         "exact", description="exact: every target scored once; legacy: the seeds' SLOT records (tail rescored)"
     )
     passes: list[Pass] = Field(default_factory=lambda: [SlidingPass()], min_length=1)
+    shards: int | None = Field(
+        None, ge=1, description="split the batches over this many GPU tasks; None = the cluster's GPUs (ttt: always 1)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> EvalRecipe:
@@ -185,6 +192,11 @@ class EvalRecipe(_Strict):
     @property
     def kind(self) -> str:
         return "+".join(p.kind for p in self.passes)
+
+    @property
+    def shardable(self) -> bool:
+        """Batches are independent (no TTT carrying state from chunk to chunk)."""
+        return self.ttt is None
 
     @property
     def scorer(self) -> SlidingPass | SlotPass | SlotPerSamplePass:
@@ -207,6 +219,7 @@ class LocalCluster(_Strict):
 
 class ClusterSpec(_Strict):
     address: str | None = Field(None, description="Ray address; None = start a local instance (ray job submit sets RAY_ADDRESS)")
+    max_interruptions: int = Field(5, ge=0, description="times a unit is resumed after its node or worker died before it is FAILED")
     accelerator: Literal["cuda", "cpu"] = Field("cuda", description="device the workers compute on")
     cpu_threads: int = Field(1, ge=1, description="torch threads per worker on CPU (fixed so results repeat bit for bit)")
     local: LocalCluster = LocalCluster()
@@ -244,12 +257,17 @@ class CampaignSpec(_Strict):
             raise ValueError("train.gpus_per_worker must be >= 1 when cluster.accelerator is cuda")
         return self
 
-    # The parts that decide the numbers. Where it runs (cluster), where it is stored and how often
-    # progress is flushed do not, so a campaign can resume on another cluster or store copy.
+    # The parts that decide the numbers. Where it runs (cluster), where it is stored, how often
+    # progress is saved and how evals are split do not (resumed and sharded runs give the same
+    # bits), so a campaign can resume on another cluster or store copy.
     def fingerprint_dict(self) -> dict[str, Any]:
         d = self.model_dump(mode="json")
         for k in ("cluster", "store", "checkpoint_every_s", "results_dir"):
             d.pop(k)
+        for k in ("checkpoint_every_steps", "max_failures", "log_every"):
+            d["train"].pop(k)
+        for e in d["evals"]:
+            e.pop("shards")
         return d
 
     def fingerprint(self) -> str:

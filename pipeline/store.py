@@ -210,8 +210,22 @@ class Layout:
     def train_log(self, seed: int) -> str:
         return f"{self.train_dir(seed)}/metrics.json"
 
+    def train_ckpt(self, seed: int, step: int) -> str:
+        return f"{self.train_dir(seed)}/ckpt/step-{step:08d}"
+
+    def train_error(self, seed: int) -> str:
+        """An application error of the worker group (bad input, artifact too large): not retried."""
+        return f"{self.train_dir(seed)}/error.json"
+
     def eval_dir(self, seed: int, recipe: str) -> str:
         return f"{self.root}/seeds/{seed}/eval/{recipe}"
+
+    def plan(self, seed: int, recipe: str) -> str:
+        return f"{self.eval_dir(seed, recipe)}/plan.json"
+
+    def shard_done(self, seed: int, recipe: str, shard: int) -> str:
+        """Commit object of one eval shard."""
+        return f"{self.shard_dir(seed, recipe, shard)}/done.json"
 
     def shard_dir(self, seed: int, recipe: str, shard: int) -> str:
         return f"{self.eval_dir(seed, recipe)}/shard-{shard}"
@@ -223,5 +237,5 @@ class Layout:
         return f"{self.shard_dir(seed, recipe, shard)}/state-{next_chunk:06d}"
 
     def result(self, seed: int, recipe: str) -> str:
-        """Eval commit object."""
+        """Eval commit object: written when every shard is done, from all their records."""
         return f"{self.eval_dir(seed, recipe)}/result.json"

@@ -63,6 +63,17 @@ def shard_files(shard_dir: str | Path, split: str) -> list[Path]:
     return files
 
 
+def count_val_tokens(shard_dir: str | Path, limit: int | None = None) -> int:
+    """How many val tokens load_val_tokens would return, from the shard headers only."""
+    total = 0
+    for f in shard_files(shard_dir, "val"):
+        header = np.fromfile(f, dtype="<i4", count=3)
+        if header.size < 3 or header[0] != SHARD_MAGIC:
+            read_shard(f)  # raises the precise error
+        total += int(header[2])
+    return total if limit is None else min(total, limit)
+
+
 def load_val_tokens(shard_dir: str | Path, limit: int | None = None) -> np.ndarray:
     """All val shards concatenated (optionally only the first `limit` tokens), as int64."""
     parts, have = [], 0
@@ -86,13 +97,24 @@ class TokenStream:
         self.tokens = read_shard(self.files[0])
         self.pos = 0
 
+    def _next_file_if_done(self) -> None:
+        if self.pos >= self.tokens.size:
+            self.file_idx = (self.file_idx + 1) % len(self.files)
+            self.tokens = read_shard(self.files[self.file_idx])
+            self.pos = 0
+
+    def skip(self, n: int) -> None:
+        """Advance past n tokens without reading them (resuming a run at a checkpointed step)."""
+        while n:
+            self._next_file_if_done()
+            k = min(n, self.tokens.size - self.pos)
+            self.pos += k
+            n -= k
+
     def take(self, n: int) -> np.ndarray:
         out, left = [], n
         while left:
-            if self.pos >= self.tokens.size:
-                self.file_idx = (self.file_idx + 1) % len(self.files)
-                self.tokens = read_shard(self.files[self.file_idx])
-                self.pos = 0
+            self._next_file_if_done()
             k = min(left, self.tokens.size - self.pos)
             out.append(np.asarray(self.tokens[self.pos : self.pos + k], dtype=np.int64))
             self.pos += k

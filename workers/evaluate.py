@@ -21,6 +21,7 @@ from workers.artifact import load_artifact, sha256
 from workers.device import select_device
 from workers.data import bits_per_byte, load_val_tokens, target_bytes, unigram_bpb
 from workers.model import GPT
+from workers.plan import ensure_plan
 from workers.scoring import SCORERS
 from workers.segments import Record, SegmentWriter, load_progress, merge
 from workers.tokenizer import byte_tables, load_sp
@@ -85,24 +86,6 @@ def score_batch(ctx: EvalContext, batch: int) -> Record:
     return Record(batch, float(nll.double().sum()), int(bi.targets.size), n_bytes)
 
 
-def result_from_records(records: list[Record], ctx: EvalContext, seed: int) -> dict[str, Any]:
-    nll, tokens, nbytes = merge(records)
-    return {
-        "version": RESULT_VERSION,
-        "seed": seed,
-        "recipe": ctx.recipe.model_dump(mode="json"),
-        "artifact_sha256": ctx.artifact_sha256,
-        "val_loss": nll / tokens,
-        "val_bpb": bits_per_byte(nll, nbytes),
-        "nll_sum": nll,
-        "tokens": tokens,
-        "bytes": nbytes,
-        "windows": len(ctx.windows),
-        "batches": len(records),
-        "unigram_bpb": unigram_bpb(ctx.val, ctx.tables),
-    }
-
-
 @dataclass
 class EvalStats:
     resumed_batches: int = 0
@@ -152,32 +135,97 @@ def _run_ttt(ctx, store, layout, seed, shard, every_s, records, writer, stats) -
             last_state = time.monotonic()
 
 
-def run_eval(spec: CampaignSpec, seed: int, recipe_name: str, store_uri: str, shard: int = 0) -> dict[str, Any]:
-    """Run (or resume) one eval unit and commit result.json. Returns the result."""
+def run_shard(spec: CampaignSpec, seed: int, recipe_name: str, store_uri: str, shard: int, default_shards: int = 1) -> dict[str, Any]:
+    """Run (or resume) one eval shard and commit its done.json. Returns that summary."""
     recipe = spec.eval_recipe(recipe_name)
     store = open_store(store_uri)
+    plan = ensure_plan(store, spec, seed, recipe, default_shards)
     device = select_device(spec.cluster.accelerator, 0, spec.cluster.cpu_threads)
     ctx = prepare_context(spec, seed, recipe, store, device)
-    return execute(ctx, store, Layout(spec.name), seed, shard, spec.checkpoint_every_s)
+    return execute(ctx, store, Layout(spec.name), seed, shard, spec.checkpoint_every_s, plan)
 
 
-def execute(ctx: EvalContext, store: Store, layout: Layout, seed: int, shard: int, every_s: float) -> dict[str, Any]:
-    """Resume from the store's segments (and TTT state), score what is missing, commit the result."""
+def execute(ctx: EvalContext, store: Store, layout: Layout, seed: int, shard: int, every_s: float, plan: dict) -> dict[str, Any]:
+    """Resume from the store's segments (and TTT state), score this shard's missing batches in plan
+    order, commit the shard."""
     recipe = ctx.recipe
+    if plan["batches"] != ctx.num_batches or not 0 <= shard < len(plan["shards"]):
+        raise ValueError(
+            f"{recipe.name}: plan has {plan['batches']} batches in {len(plan['shards'])} shards, "
+            f"the data gives {ctx.num_batches} batches (shard {shard} asked): data changed under the campaign"
+        )
     progress = load_progress(store, layout, seed, recipe.name, shard)
     writer = SegmentWriter(store, layout, seed, recipe.name, shard, progress.next_segment, every_s)
-    records = {b: r for b, r in progress.records.items() if b < ctx.num_batches}
+    mine = plan["shards"][shard]
+    records = {b: progress.records[b] for b in mine if b in progress.records}
     stats = EvalStats(resumed_batches=len(records))
     t0 = time.perf_counter()
     if recipe.ttt is None:
-        _score_missing(ctx, range(ctx.num_batches), records, writer, stats)
+        _score_missing(ctx, mine, records, writer, stats)
     else:
         _run_ttt(ctx, store, layout, seed, shard, every_s, records, writer, stats)
     writer.flush()
     stats.flush_s += writer.flush_seconds
-    result = result_from_records(list(records.values()), ctx, seed)
-    if not math.isfinite(result["val_bpb"]):
-        raise FloatingPointError(f"seed {seed} eval {recipe.name}: val_bpb is {result['val_bpb']}")
-    result["run"] = {**asdict(stats), "wall_s": time.perf_counter() - t0}  # this attempt, not the numbers
+    nll = merge(list(records.values()))[0]
+    if not math.isfinite(nll):
+        raise FloatingPointError(f"seed {seed} eval {recipe.name} shard {shard}: nll is {nll}")
+    done = {
+        "version": RESULT_VERSION,
+        "shard": shard,
+        "batches": len(records),
+        "artifact_sha256": ctx.artifact_sha256,
+        "unigram_bpb": unigram_bpb(ctx.val, ctx.tables),
+        "run": {**asdict(stats), "wall_s": time.perf_counter() - t0},  # this attempt, not the numbers
+    }
+    store.put_json(layout.shard_done(seed, recipe.name, shard), done)  # the shard's commit object
+    return done
+
+
+def merge_result(store: Store, layout: Layout, seed: int, recipe: EvalRecipe) -> dict[str, Any] | None:
+    """When every shard is done: sum all records in batch order and commit result.json.
+    None while a shard is still missing."""
+    plan = store.get_json(layout.plan(seed, recipe.name))
+    dones = []
+    for k in range(len(plan["shards"])):
+        key = layout.shard_done(seed, recipe.name, k)
+        if not store.exists(key):
+            return None
+        dones.append(store.get_json(key))
+    records: dict[int, Record] = {}
+    for k, batches in enumerate(plan["shards"]):
+        got = load_progress(store, layout, seed, recipe.name, k).records
+        records.update((b, got[b]) for b in batches if b in got)
+    missing = plan["batches"] - len(records)
+    if missing:
+        raise ValueError(f"seed {seed} eval {recipe.name}: {missing} batches have no record although every shard is done")
+    nll, tokens, nbytes = merge(list(records.values()))
+    run_keys = ("resumed_batches", "scored_batches", "score_s", "ttt_s", "flush_s", "wall_s")
+    result = {
+        "version": RESULT_VERSION,
+        "seed": seed,
+        "recipe": recipe.model_dump(mode="json"),
+        "artifact_sha256": dones[0]["artifact_sha256"],
+        "val_loss": nll / tokens,
+        "val_bpb": bits_per_byte(nll, nbytes),
+        "nll_sum": nll,
+        "tokens": tokens,
+        "bytes": nbytes,
+        "windows": plan["windows"],
+        "batches": plan["batches"],
+        "shards": len(plan["shards"]),
+        "unigram_bpb": dones[0]["unigram_bpb"],
+        "run": {k: sum(d["run"][k] for d in dones) for k in run_keys},  # summed over the shards' last attempts
+    }
     store.put_json(layout.result(seed, recipe.name), result)  # the commit object, written last
     return result
+
+
+def run_eval(spec: CampaignSpec, seed: int, recipe_name: str, store_uri: str, shards: int = 1) -> dict[str, Any]:
+    """Every shard of one eval in this process, one after another, then the merge (no Ray)."""
+    store, layout = open_store(store_uri), Layout(spec.name)
+    recipe = spec.eval_recipe(recipe_name)
+    plan = ensure_plan(store, spec, seed, recipe, shards)
+    for k in range(len(plan["shards"])):
+        if not store.exists(layout.shard_done(seed, recipe.name, k)):
+            run_shard(spec, seed, recipe_name, store_uri, k)
+    return merge_result(store, layout, seed, recipe)

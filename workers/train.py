@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from pipeline.spec import CampaignSpec, TrainRecipe
 from pipeline.store import Layout, open_store
 from workers.artifact import export_artifact, provenance, sha256
+from workers.checkpoint import restore_checkpoint, save_checkpoint
 from workers.data import TokenStream
 from workers.device import select_device
 from workers.model import GPT, count_parameters
@@ -35,6 +36,11 @@ MANIFEST_VERSION = 1
 
 class ArtifactTooLarge(ValueError):
     pass
+
+
+# Errors that mean the run itself is wrong; anything else (a dead peer, a killed process) is a
+# system failure that a restart from the last checkpoint fixes.
+APP_ERRORS = (ValueError, FloatingPointError, FileNotFoundError, ImportError)
 
 
 @dataclass
@@ -92,15 +98,14 @@ def lr_multiplier(step: int, progress: float, recipe: TrainRecipe) -> float:
     return warm * min(1.0, max(0.0, (1.0 - progress) / recipe.warmdown_frac))
 
 
-def agreed_progress(step: int, elapsed_s: float, recipe: TrainRecipe, group: Group) -> float:
-    """max(step / max_steps, elapsed / cap), the maximum over ranks so every rank takes the same
-    lr and the same stop decision."""
-    p = max(step / recipe.max_steps, elapsed_s / recipe.max_wallclock_s)
-    if group.distributed:
-        t = torch.tensor([p], dtype=torch.float64, device=group.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        p = float(t.item())
-    return p
+def agreed(progress: float, checkpoint: bool, group: Group) -> tuple[float, bool]:
+    """The maximum over ranks of (progress, wants a checkpoint), in one all-reduce, so every rank
+    takes the same lr, the same stop decision and checkpoints at the same step."""
+    if not group.distributed:
+        return progress, checkpoint
+    t = torch.tensor([progress, float(checkpoint)], dtype=torch.float64, device=group.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t[0]), bool(t[1] > 0)
 
 
 def params_digest(model: torch.nn.Module) -> str:
@@ -112,8 +117,10 @@ def params_digest(model: torch.nn.Module) -> str:
 
 
 def train(spec: CampaignSpec, seed: int, store_uri: str, group: Group, context: dict[str, Any]) -> dict[str, Any]:
-    """Train one seed on this worker group; rank 0 commits the artifact and manifest to the store."""
+    """Train one seed on this worker group, resuming from the store's newest checkpoint if there is
+    one; rank 0 commits the artifact and manifest to the store."""
     recipe = spec.train
+    store, layout = open_store(store_uri), Layout(spec.name)
     torch.manual_seed(seed)
     np.random.seed(seed)
     model = GPT(spec.model).to(group.device)
@@ -123,11 +130,27 @@ def train(spec: CampaignSpec, seed: int, store_uri: str, group: Group, context: 
 
     local_tokens = recipe.batch_tokens // (group.world * recipe.grad_accum_steps)
     loader = DistributedTokenLoader(spec.data.shards, group, local_tokens, recipe.seq_len)
+    step, log, loss_sum, resumes = 0, [], float("nan"), []
+    first_start = time.time()
+    meta = restore_checkpoint(store, layout, seed, group, model, opts, ema)
+    if meta is not None:  # a restart: same weights, optimizer, data position and clock as at the checkpoint
+        step, log, loss_sum = meta["step"], meta["log"], meta["last_loss"]
+        first_start, resumes = meta["first_start"], meta["resumes"] + [step]
+        loader.stream.skip(step * recipe.grad_accum_steps * group.world * (local_tokens + 1))
+    t0 = time.perf_counter() - (meta["elapsed_s"] if meta else 0.0)
+    last_ckpt = time.monotonic()
     use_bf16 = group.device.type == "cuda"
-    log: list[dict[str, float]] = []
-    step, t0 = 0, time.perf_counter()
     while True:
-        progress = agreed_progress(step, time.perf_counter() - t0, recipe, group)
+        every = recipe.checkpoint_every_steps
+        want = step > 0 and (
+            time.monotonic() - last_ckpt >= spec.checkpoint_every_s or bool(every and step % every == 0)
+        )
+        progress, want = agreed(max(step / recipe.max_steps, (time.perf_counter() - t0) / recipe.max_wallclock_s), want, group)
+        if want and (meta is None or step > meta["step"]):
+            ckpt_meta = {"elapsed_s": time.perf_counter() - t0, "first_start": first_start, "resumes": resumes,
+                         "log": log, "last_loss": loss_sum, "node": _node_id()}
+            save_checkpoint(store, layout, seed, group, step, model, opts, ema, ckpt_meta)
+            last_ckpt = time.monotonic()
         if progress >= 1.0:
             break
         mul = lr_multiplier(step, progress, recipe)
@@ -165,13 +188,36 @@ def train(spec: CampaignSpec, seed: int, store_uri: str, group: Group, context: 
     digests = [digest] * group.world
     if group.distributed:
         dist.all_gather_object(digests, digest)
-    summary = {"parameters": count_parameters(model), "steps": step, "wall_s": wall, "final_train_loss": loss_sum, "replica_digests": digests}
+    summary = {
+        "parameters": count_parameters(model),
+        "steps": step,
+        "wall_s": wall,  # the training clock the schedule saw (excludes time lost to restarts)
+        "wall_s_total": time.time() - first_start,  # from the first attempt's start, restarts included
+        "resumed": bool(resumes),
+        "resumed_at_steps": resumes,
+        "final_train_loss": loss_sum,
+        "replica_digests": digests,
+    }
+    error = None
     if group.rank == 0:
-        state = ema if ema is not None else model.state_dict()
-        _commit(spec, seed, store_uri, state, summary, log, context)
+        try:
+            _commit(spec, seed, store_uri, ema if ema is not None else model.state_dict(), summary, log, context)
+        except APP_ERRORS as e:
+            error = e  # raised after the barrier, so the other ranks are not left waiting in it
     if group.distributed:
         dist.barrier()
+    if error is not None:
+        raise error
     return summary
+
+
+def _node_id() -> str | None:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # noqa: BLE001 - provenance only
+        return None
 
 
 def _commit(spec, seed, store_uri, state, summary, log, context) -> None:
@@ -205,5 +251,15 @@ def ray_train_loop(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     device = select_device(spec.cluster.accelerator, ctx.get_local_rank(), spec.cluster.cpu_threads)
     group = Group(ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank(), device)
-    summary = train(spec, config["seed"], config["store_uri"], group, config.get("context", {}))
-    ray.train.report({k: v for k, v in summary.items() if k != "replica_digests"})
+    try:
+        summary = train(spec, config["seed"], config["store_uri"], group, config.get("context", {}))
+    except APP_ERRORS as e:
+        # A real error of the run (bad input, artifact too large): restarting the group would only
+        # repeat it, so record it for the driver (which marks the unit FAILED) and end normally.
+        # Errors from a dead peer (RuntimeError from the collective) propagate: Ray Train restarts.
+        open_store(config["store_uri"]).put_json(
+            Layout(spec.name).train_error(config["seed"]),
+            {"version": 1, "rank": group.rank, "error": f"{type(e).__name__}: {e}"},
+        )
+        summary = {}
+    ray.train.report({k: v for k, v in summary.items() if isinstance(v, (int, float, bool))})

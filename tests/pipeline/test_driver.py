@@ -27,18 +27,23 @@ def test_campaign_end_to_end_then_rerun_skips_everything(ray_local, data_dir, tm
     assert sw["complete"] and sw["n"] == 3 and sw["std_ddof"] == 1
     for r in sw["seeds"].values():
         assert r["val_bpb"] < r["unigram_bpb"]  # a few steps already beat a unigram model
-    assert set(summary["timings"]["units_s"]) == {"train/1", "train/2", "train/3", "eval/1/sw/0", "eval/2/sw/0", "eval/3/sw/0"}
-
     store, layout = open_store(spec.store), Layout("t")
+    shards = [len(store.get_json(layout.plan(s, "sw"))["shards"]) for s in (1, 2, 3)]
+    assert shards == [4, 4, 4]  # default: one shard per GPU of the cluster
+    expected = {f"train/{s}" for s in (1, 2, 3)} | {f"eval/{s}/sw/{k}" for s in (1, 2, 3) for k in range(4)}
+    assert set(summary["timings"]["units_s"]) == expected
+
     events = Ledger(store, layout, "x").events()
-    started = [e["unit"] for e in events if e["state"] == "RUNNING"]
-    assert sorted(started) == sorted(summary["timings"]["units_s"])  # each unit ran once
+    started = [e["unit"] for e in events if e.get("state") == "RUNNING"]
+    assert sorted(started) == sorted(expected)  # each unit ran once
+    placed = {e["unit"] for e in events if e["event"] == "placed"}
+    assert placed == {u for u in expected if u.startswith("eval/")}
     assert all(e["version"] == 1 for e in events)
     before = store.list()
     capsys.readouterr()
 
     assert main(["run", str(f)]) == 0
-    assert "ran 0 unit(s), skipped 6 already DONE" in capsys.readouterr().out
+    assert "ran 0 unit(s), skipped 6 already DONE" in capsys.readouterr().out  # 3 trains + 3 evals
     assert store.list() == before  # nothing ran, nothing was written
 
 
@@ -61,7 +66,7 @@ def test_failed_training_is_reported_not_retried(ray_local, data_dir, tmp_path):
     assert list(report.failed) == [Unit.train(5)]
     assert "artifact_limit_bytes" in report.failed[Unit.train(5)]
     assert report.blocked == [Unit.eval(5, "sw")]
-    states = [(e["unit"], e["state"]) for e in Ledger(open_store(spec.store), Layout("t"), "x").events()]
+    states = [(e["unit"], e.get("state")) for e in Ledger(open_store(spec.store), Layout("t"), "x").events()]
     assert states == [("train/5", "RUNNING"), ("train/5", "FAILED")]
 
 

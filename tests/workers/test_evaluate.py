@@ -7,7 +7,8 @@ from pipeline.store import Layout, open_store
 from tests.conftest import make_spec
 from tests.workers.helpers import commit_random_model
 from tests.workers.reference import reference_eval
-from workers.evaluate import execute, load_model, prepare_context, run_eval
+from workers.evaluate import execute, load_model, merge_result, prepare_context, run_eval
+from workers.plan import ensure_plan
 from workers.segments import decode_segment, encode_segment, Record
 
 
@@ -41,7 +42,10 @@ def test_engine_matches_reference(data_dir, tmp_path, name):
     store, cpu = open_store(spec.store), torch.device("cpu")
     ctx = prepare_context(spec, 1, spec.evals[0], store, cpu)
     ctx.model.double()
-    res = execute(ctx, store, Layout(spec.name), 1, 0, every_s=0.0)
+    plan = ensure_plan(store, spec, 1, spec.evals[0], default_shards=2)
+    for k in range(len(plan["shards"])):
+        execute(ctx, store, Layout(spec.name), 1, k, 0.0001, plan)
+    res = merge_result(store, Layout(spec.name), 1, spec.evals[0])
     ref_ctx = prepare_context(spec, 1, spec.evals[0], store, cpu)
     ref_ctx.model.double()
     nll, tokens, nbytes = reference_eval(ref_ctx)
@@ -59,12 +63,35 @@ def test_engine_matches_reference(data_dir, tmp_path, name):
     assert math.isclose(res32["nll_sum"], ref32[0], rel_tol=1e-8)
 
 
+def test_sharded_equals_unsharded_bit_for_bit(data_dir, tmp_path):
+    spec = recipe_spec(data_dir, str(tmp_path / "one"), "slot")
+    commit_random_model(spec, 1)
+    one = run_eval(spec, 1, "slot", spec.store, shards=1)
+    many_spec = spec.model_copy(update={"store": str(tmp_path / "many")})
+    commit_random_model(many_spec, 1)
+    many = run_eval(many_spec, 1, "slot", many_spec.store, shards=5)
+    assert (one["shards"], many["shards"]) == (1, 5)
+    for k in ("nll_sum", "tokens", "bytes", "val_bpb", "val_loss", "windows", "batches"):
+        assert one[k] == many[k], k
+    store, layout = open_store(many_spec.store), Layout(spec.name)
+    plan = store.get_json(layout.plan(1, "slot"))
+    dealt = sorted(b for part in plan["shards"] for b in part)
+    assert dealt == list(range(plan["batches"])) and plan["shards"][0] != sorted(plan["shards"][0])  # random order
+    assert ensure_plan(store, many_spec, 1, many_spec.evals[0], default_shards=2) == plan  # written once, reused
+
+
+def test_ttt_is_one_shard(data_dir, tmp_path):
+    spec = recipe_spec(data_dir, str(tmp_path / "st"), "ttt-sgd")
+    plan = ensure_plan(open_store(spec.store), spec, 1, spec.evals[0], default_shards=8)
+    assert plan["shards"] == [list(range(plan["batches"]))]
+
+
 def test_records_segments_and_resume(data_dir, tmp_path):
     spec = make_spec(data_dir, str(tmp_path / "st"))
     commit_random_model(spec, 1)
     store, layout = open_store(spec.store), Layout(spec.name)
     first = run_eval(spec, 1, "sw", spec.store)
-    segs = store.list(layout.shard_dir(1, "sw", 0))
+    segs = [k for k in store.list(layout.shard_dir(1, "sw", 0)) if "/seg-" in k]
     records = [r for k in segs for r in decode_segment(store.get(k))]
     assert sorted(r.batch for r in records) == list(range(first["batches"]))
     assert sum(r.tokens for r in records) == first["tokens"]

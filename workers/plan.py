@@ -1,0 +1,56 @@
+"""The eval plan of one (seed, recipe): its batches and which shard scores which (design §6).
+
+Written once to `plan.json` and reused by every attempt, so shards, restarts and the final merge
+all agree on batch numbers. Independent batches (no TTT) are dealt to shards in a seeded random
+order and each shard scores its batches in that order: whatever is done at any moment is a random
+sample of the batches, so the running bpb is an unbiased estimate. A TTT recipe is one shard that
+scores its batches in order, chunk after chunk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+
+from pipeline.spec import CampaignSpec, EvalRecipe
+from pipeline.store import Layout, Store
+from workers.data import count_val_tokens
+from workers.windows import make_windows, plan_batches
+
+PLAN_VERSION = 1
+
+
+def plan_geometry(spec: CampaignSpec, recipe: EvalRecipe) -> tuple[int, int]:
+    """(windows, batches) of a recipe on the campaign's val set, from the shard headers alone."""
+    n_val = count_val_tokens(spec.data.shards, spec.data.val_tokens)
+    w = make_windows(n_val - 1, recipe.seq_len, recipe.stride, recipe.window_filter)
+    bounds = plan_batches(w, recipe.batch_seqs, recipe.ttt.chunk_tokens if recipe.ttt else None)
+    return len(w), int(bounds.size - 1)
+
+
+def make_plan(seed: int, recipe: EvalRecipe, windows: int, batches: int, shards: int) -> dict[str, Any]:
+    if not recipe.shardable:
+        assignment = [list(range(batches))]
+    else:
+        shards = max(1, min(shards, batches))
+        # the order depends only on (seed, recipe name): a re-plan would give the same shards
+        key = hashlib.sha256(f"{seed}/{recipe.name}".encode()).digest()
+        order = np.random.default_rng(int.from_bytes(key[:8], "little")).permutation(batches)
+        assignment = [part.tolist() for part in np.array_split(order, shards)]
+    return {"version": PLAN_VERSION, "recipe": recipe.name, "windows": windows, "batches": batches, "shards": assignment}
+
+
+def ensure_plan(store: Store, spec: CampaignSpec, seed: int, recipe: EvalRecipe, default_shards: int) -> dict[str, Any]:
+    """The stored plan, or a new one written now (plan.json is written once, then only read)."""
+    key = Layout(spec.name).plan(seed, recipe.name)
+    if store.exists(key):
+        plan = store.get_json(key)
+        if plan.get("version") != PLAN_VERSION:
+            raise ValueError(f"{store.uri}/{key}: unsupported plan version {plan.get('version')}")
+        return plan
+    windows, batches = plan_geometry(spec, recipe)
+    plan = make_plan(seed, recipe, windows, batches, recipe.shards or default_shards)
+    store.put_json(key, plan)
+    return plan
