@@ -168,11 +168,20 @@ def _is_system_failure(err: BaseException) -> bool:
 
 
 class Driver:
-    def __init__(self, spec: CampaignSpec, log: Callable[[str], None] = print, connect: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        spec: CampaignSpec,
+        log: Callable[[str], None] = print,
+        connect: Callable[[], None] | None = None,
+        train_fn: Callable[..., dict] = _train_unit,
+        eval_fn: Callable[..., dict] = _eval_unit,
+    ):
         """`connect` starts or joins Ray; it is called only when there is work to run, so a
-        finished campaign re-runs (and reports) without a cluster."""
+        finished campaign re-runs (and reports) without a cluster. `train_fn` / `eval_fn` are what
+        the Ray tasks run (bench/makespan_bench.py swaps in simulated work of the same shape)."""
         self.spec = spec
         self.connect = connect
+        self.train_fn, self.eval_fn = train_fn, eval_fn
         self.store = open_store(spec.store)
         self.layout = Layout(spec.name)
         self.log = log
@@ -238,8 +247,8 @@ class Driver:
         # The launcher of a worker group stays on the driver's node, so losing a GPU node costs the
         # group its workers (Ray Train restarts them) but never the launcher itself.
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-        train_remote = ray.remote(num_cpus=0, max_retries=0, scheduling_strategy=here)(_train_unit)
-        eval_remote = ray.remote(max_retries=0)(_eval_unit)
+        train_remote = ray.remote(num_cpus=0, max_retries=0, scheduling_strategy=here)(self.train_fn)
+        eval_remote = ray.remote(max_retries=0)(self.eval_fn)
         t = spec.train
         train_slots = t.world_size * t.gpus_per_worker
         if train_slots > capacity and self.tracker.in_state(UnitState.PENDING):

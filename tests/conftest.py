@@ -63,14 +63,31 @@ def make_spec(data_dir: Path, store: str, **overrides) -> CampaignSpec:
     return parse_spec(base)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_local():
-    """One local Ray instance for the session: 4 CPUs and 4 logical GPUs on this CPU box."""
+    """A local Ray instance per test module: 4 CPUs and 4 logical GPUs on this CPU box."""
     import ray
 
     ray.init(num_cpus=4, num_gpus=4, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A multi-node Ray cluster on this machine: a head with no GPUs (where the driver's launcher
+    runs) and three nodes with 2 logical GPUs each, any of which a test may remove."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0, "include_dashboard": False})
+    for _ in range(3):
+        cluster.add_node(num_cpus=2, num_gpus=2)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False, logging_level="WARNING")
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
 
 
 @pytest.fixture(scope="session")
