@@ -135,7 +135,13 @@ def _eval_unit(spec_json: dict, seed: int, recipe: str, store_uri: str, shard: i
     Ledger(open_store(store_uri), Layout(spec.name), run_id).placed(
         Unit.eval(seed, recipe, shard), node_id=ctx.get_node_id(), gpu_ids=[str(g) for g in ray.get_gpu_ids()], pid=os.getpid()
     )
-    return run_shard(spec, seed, recipe, store_uri, shard)
+    try:
+        return run_shard(spec, seed, recipe, store_uri, shard)
+    finally:
+        import torch
+
+        if torch.cuda.is_available():  # the process is reused: hand the shard's memory back
+            torch.cuda.empty_cache()
 
 
 # --- the scheduling loop ----------------------------------------------------------------------
@@ -248,7 +254,9 @@ class Driver:
         # group its workers (Ray Train restarts them) but never the launcher itself.
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
         train_remote = ray.remote(num_cpus=0, max_retries=0, scheduling_strategy=here)(self.train_fn)
-        eval_remote = ray.remote(max_retries=0)(self.eval_fn)
+        # max_calls=0: reuse eval worker processes across shards (Ray's default for GPU tasks is a
+        # fresh process each time, which re-imports torch and re-creates the CUDA context per shard).
+        eval_remote = ray.remote(max_retries=0, max_calls=0)(self.eval_fn)
         t = spec.train
         train_slots = t.world_size * t.gpus_per_worker
         if train_slots > capacity and self.tracker.in_state(UnitState.PENDING):
