@@ -23,8 +23,6 @@ from pipeline.ledger import Ledger
 from pipeline.spec import CampaignSpec
 from pipeline.store import Layout, Store, open_store
 from pipeline.units import Unit, UnitState, UnitTracker
-from workers.evaluate import merge_result
-from workers.plan import ensure_plan
 
 CAMPAIGN_VERSION = 1
 
@@ -201,6 +199,8 @@ class Driver:
 
     def _add_evals(self, seed: int, report: RunReport, default_shards: int) -> None:
         """Plan the seed's evals (plan.json, written once) and track one unit per shard."""
+        from workers.plan import ensure_plan  # data-plane imports (torch) only when there is work
+
         for recipe in self.spec.evals:
             if self.store.exists(self.layout.result(seed, recipe.name)):
                 continue
@@ -216,6 +216,8 @@ class Driver:
     def _merge_if_complete(self, seed: int, recipe: str) -> None:
         shards = [u for u in self.tracker.states if u.kind == "eval" and u.seed == seed and u.recipe == recipe]
         if shards and all(self.tracker.state(u) == UnitState.DONE for u in shards):
+            from workers.evaluate import merge_result
+
             r = merge_result(self.store, self.layout, seed, self.spec.eval_recipe(recipe))
             self.log(f"result seed {seed} {recipe}: val_bpb {r['val_bpb']:.6f} ({r['shards']} shard(s))")
 
