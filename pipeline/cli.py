@@ -24,6 +24,7 @@ def _connect_ray(spec, address: str | None, worker_logs: bool) -> None:
     else:
         local = spec.cluster.local
         ray.init(
+            address="local",  # a new instance: joining another cluster is asked for explicitly
             num_cpus=local.num_cpus,
             num_gpus=local.num_gpus,
             include_dashboard=False,

@@ -8,8 +8,9 @@ A unit is `train(seed)` or `eval(seed, recipe, shard)`.
                    └──▶ FAILED                        (a real error: bad input, a bug; kept with
                                                       its message, tried again only by a new run)
 
-DONE is decided by the store alone (the commit object exists), so a re-run, another driver or a
-laptop after the cluster is gone all agree on it. Every transition is appended to the ledger.
+DONE is decided by the store alone (the commit object exists: train/manifest.json, or an eval
+shard's done.json), so a re-run, another driver or a laptop after the cluster is gone all agree on
+it. Every transition is appended to the ledger.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class Unit:
     def commit_key(self, layout: Layout) -> str:
         if self.kind == "train":
             return layout.manifest(self.seed)
-        return layout.result(self.seed, self.recipe)
+        return layout.shard_done(self.seed, self.recipe, self.shard)
 
     def __str__(self) -> str:
         return self.id

@@ -68,7 +68,8 @@ def ray_local():
     """A local Ray instance per test module: 4 CPUs and 4 logical GPUs on this CPU box."""
     import ray
 
-    ray.init(num_cpus=4, num_gpus=4, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    # address="local": always a new instance, never some other Ray found on this machine
+    ray.init(address="local", num_cpus=4, num_gpus=4, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
 

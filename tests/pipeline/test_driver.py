@@ -82,3 +82,6 @@ def test_state_machine():
     with pytest.raises(IllegalTransition, match="DONE → RUNNING"):
         t.move(u, UnitState.RUNNING)
     assert u.id == "eval/1/sw/0" and Unit.train(3).id == "train/3"
+    layout = Layout("c")
+    assert Unit.eval(1, "sw", 2).commit_key(layout) == "c/seeds/1/eval/sw/shard-2/done.json"
+    assert Unit.train(3).commit_key(layout) == "c/seeds/3/train/manifest.json"

@@ -164,12 +164,12 @@ def test_driver_killed_mid_campaign(ray_cluster, data_dir, tmp_path):
     store, layout = open_store(spec.store), Layout(spec.name)
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        # kill it once seed 1 is trained and its eval is under way
-        wait_for(lambda: [k for k in store.list(layout.shard_dir(1, "slot", 0)) if "/seg-" in k], what="eval progress")
+        # kill it once an eval shard is DONE (it must not run again) and the campaign is not
+        wait_for(lambda: [k for k in store.list(f"{spec.name}/seeds") if k.endswith("/done.json")], what="a DONE shard")
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert not store.exists(layout.result(2, "slot"))
+    assert not all(store.exists(layout.result(s, "slot")) for s in (1, 2))
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "skipping" in out.stdout
