@@ -167,7 +167,7 @@ def _is_system_failure(err: BaseException) -> bool:
 
     if isinstance(err, rex.RayTaskError):
         cause = getattr(err, "cause", None)
-        return isinstance(cause, TrainingFailedError) and not isinstance(cause, UnitError)
+        return isinstance(cause, TrainingFailedError)
     return isinstance(err, rex.RayError)
 
 
@@ -237,7 +237,7 @@ class Driver:
             if done:
                 report.skipped.append(u)
             report.skipped += [Unit.eval(seed, e.name) for e in spec.evals if e not in evals_left[seed]]
-        if not any(not self.store.exists(layout.manifest(s)) or evals_left[s] for s in spec.seeds):
+        if not self.tracker.in_state(UnitState.PENDING) and not any(evals_left.values()):
             self.log(f"every unit is already DONE in {self.store.uri}")
             return report
         if self.connect is not None:
@@ -320,7 +320,7 @@ class Driver:
             else:
                 self.log(f"done   {u}  {secs:6.1f}s  {out['batches']} batches")
                 self._merge_if_complete(u.seed, u.recipe)
-        report.blocked = [u for u in self.tracker.in_state(UnitState.PENDING)] + [
+        report.blocked = self.tracker.in_state(UnitState.PENDING) + [
             Unit.eval(s, e.name) for s in spec.seeds for e in evals_left[s]
             if self.tracker.state(Unit.train(s)) != UnitState.DONE
         ]

@@ -22,6 +22,18 @@ def cosine_lr(t: int, steps: int, lr: float, lr_min: float) -> float:
     return lr_min + 0.5 * (lr - lr_min) * (1.0 + math.cos(math.pi * t / steps))
 
 
+def _fit(opt: torch.optim.Optimizer, p: SlotPass | SlotPerSamplePass, dev: torch.device, loss_fn) -> None:
+    """`p.steps` optimizer steps on the cosine lr, autocast off (δ is small; keep it in fp32)."""
+    with torch.enable_grad(), torch.autocast(dev.type, enabled=False):
+        for t in range(p.steps):
+            for g in opt.param_groups:
+                g["lr"] = cosine_lr(t, p.steps, p.lr, p.lr_min)
+            loss = loss_fn()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+
 def _param_dtype(h: torch.Tensor) -> torch.dtype:
     # δ lives in fp32 (fp64 when the whole model runs in fp64, as the exactness tests do)
     return torch.float64 if h.dtype == torch.float64 else torch.float32
@@ -47,14 +59,7 @@ def score_slot(model: GPT, h: torch.Tensor, bi: BatchIndex, p: SlotPass, dev: to
         base_fit, t_fit = base_score, tgt
     delta = torch.zeros(1, h.size(-1), device=dev, dtype=dtype, requires_grad=True)
     opt = torch.optim.AdamW([delta], lr=p.lr, weight_decay=p.weight_decay, eps=p.eps)
-    with torch.enable_grad(), torch.autocast(dev.type, enabled=False):
-        for t in range(p.steps):
-            for g in opt.param_groups:
-                g["lr"] = cosine_lr(t, p.steps, p.lr, p.lr_min)
-            loss = _ce(model.softcap(base_fit + delta @ W.T), t_fit)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    _fit(opt, p, dev, lambda: _ce(model.softcap(base_fit + delta @ W.T), t_fit))
     with torch.no_grad(), torch.autocast(dev.type, enabled=False):
         return _ce(model.softcap(base_score + delta @ W.T), tgt, reduction="none")
 
@@ -75,14 +80,7 @@ def score_slot_per_sample(
     def logits() -> torch.Tensor:
         return model.softcap(base + (delta @ W.T + bias)[rows])
 
-    with torch.enable_grad(), torch.autocast(dev.type, enabled=False):
-        for t in range(p.steps):
-            for g in opt.param_groups:
-                g["lr"] = cosine_lr(t, p.steps, p.lr, p.lr_min)
-            loss = _ce(logits(), tgt)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    _fit(opt, p, dev, lambda: _ce(logits(), tgt))
     with torch.no_grad(), torch.autocast(dev.type, enabled=False):
         return _ce(logits(), tgt, reduction="none")
 
