@@ -87,34 +87,42 @@ def git_commit() -> str | None:
 # --- what runs on the cluster -----------------------------------------------------------------
 
 
-def _train_unit(spec_json: dict, seed: int, store_uri: str, context: dict) -> dict:
-    """Runs in a zero-CPU Ray task: starts the seed's worker group and waits for it."""
+def _fit_group(name: str, loop: Callable, config: dict, workers: int, gpus_per_worker: float, accelerator: str, max_failures: int):
+    """A Ray Train worker group running `loop` (NCCL on cuda, gloo on cpu) until it ends."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    use_gpu = gpus_per_worker > 0
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(
+            num_workers=workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"GPU": gpus_per_worker} if use_gpu else {"CPU": 1},
+        ),
+        torch_config=TorchConfig(backend="nccl" if accelerator == "cuda" else "gloo"),
+        run_config=RunConfig(
+            name=f"{name}-{uuid.uuid4().hex[:6]}",
+            storage_path=os.path.join(tempfile.gettempdir(), "pipeline-ray-train"),
+            failure_config=FailureConfig(max_failures=max_failures),
+        ),
+    )
+    return trainer.fit()
+
+
+def _train_unit(spec_json: dict, seed: int, store_uri: str, context: dict) -> dict:
+    """Runs in a zero-CPU Ray task: starts the seed's worker group and waits for it. Ray Train
+    restarts the group from its last checkpoint when a worker dies (train.max_failures)."""
     from workers.train import ray_train_loop
 
     spec = CampaignSpec.model_validate(spec_json)
     store, layout = open_store(store_uri), Layout(spec.name)
     store.delete(layout.train_error(seed))  # a new attempt; the old error stays in the ledger
     t = spec.train
-    use_gpu = t.gpus_per_worker > 0
-    trainer = TorchTrainer(
-        ray_train_loop,
-        train_loop_config={"spec": spec_json, "seed": seed, "store_uri": store_uri, "context": context},
-        scaling_config=ScalingConfig(
-            num_workers=t.world_size,
-            use_gpu=use_gpu,
-            resources_per_worker={"GPU": t.gpus_per_worker} if use_gpu else {"CPU": 1},
-        ),
-        torch_config=TorchConfig(backend="nccl" if spec.cluster.accelerator == "cuda" else "gloo"),
-        run_config=RunConfig(
-            name=f"{spec.name}-seed{seed}-{uuid.uuid4().hex[:6]}",
-            storage_path=os.path.join(tempfile.gettempdir(), "pipeline-ray-train"),
-            failure_config=FailureConfig(max_failures=t.max_failures),
-        ),
-    )
-    result = trainer.fit()
+    config = {"spec": spec_json, "seed": seed, "store_uri": store_uri, "context": context}
+    name = f"{spec.name}-seed{seed}"
+    result = _fit_group(name, ray_train_loop, config, t.world_size, t.gpus_per_worker, spec.cluster.accelerator, t.max_failures)
     if store.exists(layout.train_error(seed)):
         raise UnitError(store.get_json(layout.train_error(seed))["error"])
     if result.error is not None:
@@ -122,17 +130,22 @@ def _train_unit(spec_json: dict, seed: int, store_uri: str, context: dict) -> di
     return store.get_json(layout.manifest(seed))["train"]
 
 
-def _eval_unit(spec_json: dict, seed: int, recipe: str, store_uri: str, shard: int, run_id: str) -> dict:
-    """Runs in a num_gpus=1 Ray task: one eval shard, resumed from its segments."""
+def _place(spec: CampaignSpec, store_uri: str, run_id: str, unit: Unit, **extra: Any) -> None:
+    """The `placed` event of an attempt: node, GPUs and pid of this process."""
     import ray
 
+    ctx = ray.get_runtime_context()
+    Ledger(open_store(store_uri), Layout(spec.name), run_id).placed(
+        unit, node_id=ctx.get_node_id(), gpu_ids=[str(g) for g in ray.get_gpu_ids()], pid=os.getpid(), **extra
+    )
+
+
+def _eval_unit(spec_json: dict, seed: int, recipe: str, store_uri: str, shard: int, run_id: str) -> dict:
+    """Runs in a num_gpus=1 Ray task: one eval shard, resumed from its segments."""
     from workers.evaluate import run_shard
 
     spec = CampaignSpec.model_validate(spec_json)
-    ctx = ray.get_runtime_context()
-    Ledger(open_store(store_uri), Layout(spec.name), run_id).placed(
-        Unit.eval(seed, recipe, shard), node_id=ctx.get_node_id(), gpu_ids=[str(g) for g in ray.get_gpu_ids()], pid=os.getpid()
-    )
+    _place(spec, store_uri, run_id, Unit.eval(seed, recipe, shard))
     try:
         return run_shard(spec, seed, recipe, store_uri, shard)
     finally:
@@ -140,6 +153,54 @@ def _eval_unit(spec_json: dict, seed: int, recipe: str, store_uri: str, shard: i
 
         if torch.cuda.is_available():  # the process is reused: hand the shard's memory back
             torch.cuda.empty_cache()
+
+
+def _eval_group_loop(config: dict) -> None:
+    """One rank of a TTT unit on ttt.gpus GPUs (a Ray Train worker)."""
+    import ray.train
+
+    from workers.device import select_device
+    from workers.evaluate import run_shard
+    from workers.group import APP_ERRORS, Group
+
+    spec = CampaignSpec.model_validate(config["spec"])
+    seed, recipe, shard, store_uri = config["seed"], config["recipe"], config["shard"], config["store_uri"]
+    ctx = ray.train.get_context()
+    device = select_device(spec.cluster.accelerator, ctx.get_local_rank(), spec.cluster.cpu_threads)
+    group = Group(ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank(), device)
+    _place(spec, store_uri, config["run_id"], Unit.eval(seed, recipe, shard), rank=group.rank)
+    try:
+        run_shard(spec, seed, recipe, store_uri, shard, group=group)
+    except APP_ERRORS as e:
+        # Recorded for the launcher, which marks the unit FAILED; raised so the group stops now
+        # rather than leaving the other ranks waiting in a collective.
+        open_store(store_uri).put_json(
+            Layout(spec.name).shard_error(seed, recipe, shard),
+            {"version": 1, "rank": group.rank, "error": f"{type(e).__name__}: {e}"},
+        )
+        raise
+
+
+def _eval_group_unit(spec_json: dict, seed: int, recipe: str, store_uri: str, shard: int, run_id: str) -> dict:
+    """Runs in a zero-CPU Ray task: a TTT unit as a worker group of ttt.gpus ranks. No restarts
+    inside: a dead rank ends the attempt and the driver resumes the unit from its saved state."""
+    spec = CampaignSpec.model_validate(spec_json)
+    store, layout = open_store(store_uri), Layout(spec.name)
+    err_key = layout.shard_error(seed, recipe, shard)
+    store.delete(err_key)
+    config = {"spec": spec_json, "seed": seed, "recipe": recipe, "shard": shard, "store_uri": store_uri, "run_id": run_id}
+    gpus = spec.eval_recipe(recipe).gpus
+    try:
+        result = _fit_group(f"{spec.name}-seed{seed}-{recipe}", _eval_group_loop, config, gpus, 1, spec.cluster.accelerator, 0)
+    except Exception:
+        if store.exists(err_key):
+            raise UnitError(store.get_json(err_key)["error"]) from None
+        raise
+    if store.exists(err_key):
+        raise UnitError(store.get_json(err_key)["error"])
+    if result.error is not None:
+        raise result.error
+    return store.get_json(layout.shard_done(seed, recipe, shard))
 
 
 # --- the scheduling loop ----------------------------------------------------------------------
@@ -179,13 +240,14 @@ class Driver:
         connect: Callable[[], None] | None = None,
         train_fn: Callable[..., dict] = _train_unit,
         eval_fn: Callable[..., dict] = _eval_unit,
+        group_eval_fn: Callable[..., dict] = _eval_group_unit,
     ):
         """`connect` starts or joins Ray; it is called only when there is work to run, so a
         finished campaign re-runs (and reports) without a cluster. `train_fn` / `eval_fn` are what
         the Ray tasks run (bench/makespan_bench.py swaps in simulated work of the same shape)."""
         self.spec = spec
         self.connect = connect
-        self.train_fn, self.eval_fn = train_fn, eval_fn
+        self.train_fn, self.eval_fn, self.group_eval_fn = train_fn, eval_fn, group_eval_fn
         self.store = open_store(spec.store)
         self.layout = Layout(spec.name)
         self.log = log
@@ -259,10 +321,17 @@ class Driver:
         # max_calls=0: reuse eval worker processes across shards (Ray's default for GPU tasks is a
         # fresh process each time, which re-imports torch and re-creates the CUDA context per shard).
         eval_remote = ray.remote(max_retries=0, max_calls=0)(self.eval_fn)
+        group_remote = ray.remote(num_cpus=0, max_retries=0, scheduling_strategy=here)(self.group_eval_fn)
         t = spec.train
         train_slots = t.world_size * t.gpus_per_worker
         if train_slots > capacity and self.tracker.in_state(UnitState.PENDING):
             self.log(f"warning: a training group needs {train_slots:g} GPU slots, the cluster has {capacity:g} now")
+        for e in spec.evals:
+            if e.gpus > capacity and any(evals_left.values()):
+                self.log(f"warning: eval {e.name} needs {e.gpus} GPUs at once (ttt.gpus), the cluster has {capacity:g} now")
+
+        def slots(u: Unit) -> float:
+            return train_slots if u.kind == "train" else spec.eval_recipe(u.recipe).gpus
 
         running: dict[Any, tuple[Unit, float]] = {}
         interruptions: dict[Unit, int] = {}
@@ -270,11 +339,14 @@ class Driver:
 
         def launch(u: Unit) -> None:
             nonlocal train_busy
+            args = (spec_json, u.seed, u.recipe, spec.store, u.shard, self.ledger.run_id)
             if u.kind == "train":
                 ref = train_remote.remote(spec_json, u.seed, spec.store, context)
                 train_busy += train_slots
+            elif slots(u) > 1:
+                ref = group_remote.remote(*args)
             else:
-                ref = eval_remote.options(num_gpus=1).remote(spec_json, u.seed, u.recipe, spec.store, u.shard, self.ledger.run_id)
+                ref = eval_remote.options(num_gpus=1).remote(*args)
             self.tracker.move(u, UnitState.RUNNING)
             self.ledger.record(u, UnitState.RUNNING, attempt=interruptions.get(u, 0) + 1)
             running[ref] = (u, time.perf_counter())
@@ -287,16 +359,16 @@ class Driver:
             for u in (u for u in pending if u.kind == "train"):
                 if train_busy == 0 or train_busy + train_slots <= capacity:
                     launch(u)
-            # Eval shards fill whatever training leaves free.
-            eval_busy = sum(1 for u, _ in running.values() if u.kind == "eval")
+            # Eval units fill whatever training leaves free: multi-GPU TTT units first (they are
+            # the long sequential ones), single-GPU shards around them.
+            eval_busy = sum(slots(u) for u, _ in running.values() if u.kind == "eval")
             free = max(capacity - train_busy - eval_busy, 0)
             if not any(u.kind == "train" for u, _ in running.values()):
                 free = max(free, 1)  # always make progress, even on a cluster still scaling up
-            for u in (u for u in pending if u.kind == "eval"):
-                if free < 1:
-                    break
-                launch(u)
-                free -= 1
+            for u in sorted((u for u in pending if u.kind == "eval"), key=lambda u: -slots(u)):
+                if slots(u) <= free or not running:  # too big for the cluster now: Ray queues it
+                    launch(u)
+                    free -= slots(u)
             if not running:
                 break
             ready, _ = ray.wait(list(running), num_returns=1)

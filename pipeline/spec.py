@@ -156,6 +156,12 @@ class TTTPass(_Strict):
         default_factory=lambda: ["*"], min_length=1, description="glob patterns of parameter names that train"
     )
     muon_backend_steps: int = Field(5, ge=1)
+    gpus: int = Field(
+        1,
+        ge=1,
+        description="data-parallel GPUs for this one unit: each step's batch_seqs sequences are split across "
+        "them and gradients summed, a chunk's scoring is split too; equal to 1 GPU up to float rounding",
+    )
 
 
 Pass = Annotated[SlidingPass | SlotPass | SlotPerSamplePass | TTTPass, Field(discriminator="kind")]
@@ -175,7 +181,7 @@ class EvalRecipe(_Strict):
     )
     passes: list[Pass] = Field(default_factory=lambda: [SlidingPass()], min_length=1)
     shards: int | None = Field(
-        None, ge=1, description="split the batches over this many GPU tasks; None = the cluster's GPUs (ttt: always 1)"
+        None, ge=1, description="split the batches over this many GPU tasks; None = the cluster's GPUs (ttt: always 1 unit, on ttt.gpus GPUs)"
     )
 
     @model_validator(mode="after")
@@ -197,6 +203,11 @@ class EvalRecipe(_Strict):
     def shardable(self) -> bool:
         """Batches are independent (no TTT carrying state from chunk to chunk)."""
         return self.ttt is None
+
+    @property
+    def gpus(self) -> int:
+        """GPUs one unit of this recipe holds (a TTT unit may span k; a shard holds one)."""
+        return self.ttt.gpus if self.ttt else 1
 
     @property
     def scorer(self) -> SlidingPass | SlotPass | SlotPerSamplePass:

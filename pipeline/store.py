@@ -230,6 +230,10 @@ class Layout:
     def shard_dir(self, seed: int, recipe: str, shard: int) -> str:
         return f"{self.eval_dir(seed, recipe)}/shard-{shard}"
 
+    def shard_error(self, seed: int, recipe: str, shard: int) -> str:
+        """An application error of a multi-GPU eval unit's group: not retried."""
+        return f"{self.shard_dir(seed, recipe, shard)}/error.json"
+
     def segment(self, seed: int, recipe: str, shard: int, n: int) -> str:
         return f"{self.shard_dir(seed, recipe, shard)}/seg-{n:06d}"
 

@@ -19,6 +19,7 @@ from pipeline.spec import CampaignSpec, EvalRecipe
 from pipeline.store import Layout, Store, open_store
 from workers.artifact import load_artifact, sha256
 from workers.device import select_device
+from workers.group import Group, spawn
 from workers.data import bits_per_byte, load_val_tokens, target_bytes, unigram_bpb
 from workers.model import GPT
 from workers.plan import ensure_plan
@@ -106,11 +107,31 @@ def _score_missing(ctx: EvalContext, batches, records: dict[int, Record], writer
             writer.add(rec)
 
 
-def _run_ttt(ctx, store, layout, seed, shard, every_s, records, writer, stats) -> None:
+def _score_chunk(ctx, batches, records, writer: SegmentWriter | None, stats, group: Group) -> None:
+    """The chunk's unrecorded batches, dealt round by round to the group's ranks; each round's
+    records are shared, so every rank ends holding all of them and rank 0 writes them."""
+    missing = [b for b in batches if b not in records]
+    for j in range(0, len(missing), group.world):
+        mine = missing[j : j + group.world]
+        rec = None
+        if group.rank < len(mine):
+            t = time.perf_counter()
+            rec = score_batch(ctx, mine[group.rank])
+            stats.score_s += time.perf_counter() - t
+            stats.scored_batches += 1
+        for r in group.all_gather(rec):
+            if r is not None:
+                records[r.batch] = r
+                if writer is not None:
+                    writer.add(r)
+
+
+def _run_ttt(ctx, store, layout, seed, shard, every_s, records, writer, stats, group: Group) -> None:
     """Score-first over chunks: score chunk c (batches not yet recorded), then train on it; at a
-    chunk boundary at least `every_s` after the last one, flush records and save the state."""
+    chunk boundary at least `every_s` after the last one (rank 0's clock), flush records and save
+    the state."""
     p = ctx.recipe.ttt
-    trainer = ChunkTrainer(ctx.model, p)
+    trainer = ChunkTrainer(ctx.model, p, group)
     n = num_chunks(len(ctx.val) - 1, p.chunk_tokens)
     batch_chunk = chunk_of_windows(ctx.windows, p.chunk_tokens)[ctx.bounds[:-1]]
 
@@ -121,51 +142,66 @@ def _run_ttt(ctx, store, layout, seed, shard, every_s, records, writer, stats) -
     stats.resumed_chunk = start
     last_state = time.monotonic()
     for c in range(start, n):
-        _score_missing(ctx, np.flatnonzero(batch_chunk == c).tolist(), records, writer, stats)
+        _score_chunk(ctx, np.flatnonzero(batch_chunk == c).tolist(), records, writer, stats, group)
         if c == n - 1:
             break
         t = time.perf_counter()
         trainer.train_chunk(ctx.val, c, n, ctx.recipe.seq_len, ctx.device)
         stats.ttt_s += time.perf_counter() - t
-        if time.monotonic() - last_state >= every_s:
-            writer.flush()
+        if group.broadcast(time.monotonic() - last_state >= every_s):
+            if writer is not None:
+                writer.flush()
             t = time.perf_counter()
             save_state(store, layout, seed, ctx.recipe.name, shard, trainer, c + 1)
             stats.flush_s += time.perf_counter() - t
             last_state = time.monotonic()
 
 
-def run_shard(spec: CampaignSpec, seed: int, recipe_name: str, store_uri: str, shard: int, default_shards: int = 1) -> dict[str, Any]:
-    """Run (or resume) one eval shard and commit its done.json. Returns that summary."""
+def _single(accelerator: str, cpu_threads: int) -> Group:
+    return Group(0, 1, 0, select_device(accelerator, 0, cpu_threads))
+
+
+def run_shard(
+    spec: CampaignSpec, seed: int, recipe_name: str, store_uri: str, shard: int, default_shards: int = 1, group: Group | None = None
+) -> dict[str, Any]:
+    """Run (or resume) one eval shard and commit its done.json. Returns that summary. With a
+    group (a TTT recipe on ttt.gpus GPUs), every rank calls this; rank 0 writes."""
     recipe = spec.eval_recipe(recipe_name)
     store = open_store(store_uri)
-    plan = ensure_plan(store, spec, seed, recipe, default_shards)
-    device = select_device(spec.cluster.accelerator, 0, spec.cluster.cpu_threads)
-    ctx = prepare_context(spec, seed, recipe, store, device)
-    return execute(ctx, store, Layout(spec.name), seed, shard, spec.checkpoint_every_s, plan)
+    group = group or _single(spec.cluster.accelerator, spec.cluster.cpu_threads)
+    plan = group.broadcast(ensure_plan(store, spec, seed, recipe, default_shards) if group.rank == 0 else None)
+    ctx = prepare_context(spec, seed, recipe, store, group.device)
+    return execute(ctx, store, Layout(spec.name), seed, shard, spec.checkpoint_every_s, plan, group)
 
 
-def execute(ctx: EvalContext, store: Store, layout: Layout, seed: int, shard: int, every_s: float, plan: dict) -> dict[str, Any]:
+def execute(
+    ctx: EvalContext, store: Store, layout: Layout, seed: int, shard: int, every_s: float, plan: dict, group: Group | None = None
+) -> dict[str, Any]:
     """Resume from the store's segments (and TTT state), score this shard's missing batches in plan
     order, commit the shard."""
     recipe = ctx.recipe
+    group = group or Group(0, 1, 0, ctx.device)
     if plan["batches"] != ctx.num_batches or not 0 <= shard < len(plan["shards"]):
         raise ValueError(
             f"{recipe.name}: plan has {plan['batches']} batches in {len(plan['shards'])} shards, "
             f"the data gives {ctx.num_batches} batches (shard {shard} asked): data changed under the campaign"
         )
-    progress = load_progress(store, layout, seed, recipe.name, shard)
-    writer = SegmentWriter(store, layout, seed, recipe.name, shard, progress.next_segment, every_s)
+    if group.world != recipe.gpus:
+        raise ValueError(f"{recipe.name}: ttt.gpus is {recipe.gpus}, the unit runs on a group of {group.world}")
     mine = plan["shards"][shard]
-    records = {b: progress.records[b] for b in mine if b in progress.records}
+    writer = None
+    progress = None
+    if group.rank == 0:  # rank 0 reads and writes the store; the others follow what it read
+        progress = load_progress(store, layout, seed, recipe.name, shard)
+        writer = SegmentWriter(store, layout, seed, recipe.name, shard, progress.next_segment, every_s)
+    got = group.broadcast(progress.records if progress else None)
+    records = {b: got[b] for b in mine if b in got}
     stats = EvalStats(resumed_batches=len(records))
     t0 = time.perf_counter()
     if recipe.ttt is None:
         _score_missing(ctx, mine, records, writer, stats)
     else:
-        _run_ttt(ctx, store, layout, seed, shard, every_s, records, writer, stats)
-    writer.flush()
-    stats.flush_s += writer.flush_seconds
+        _run_ttt(ctx, store, layout, seed, shard, every_s, records, writer, stats, group)
     nll = merge(list(records.values()))[0]
     if not math.isfinite(nll):
         raise FloatingPointError(f"seed {seed} eval {recipe.name} shard {shard}: nll is {nll}")
@@ -173,11 +209,15 @@ def execute(ctx: EvalContext, store: Store, layout: Layout, seed: int, shard: in
         "version": RESULT_VERSION,
         "shard": shard,
         "batches": len(records),
+        "gpus": group.world,
         "artifact_sha256": ctx.artifact_sha256,
         "unigram_bpb": unigram_bpb(ctx.val, ctx.tables),
-        "run": {**asdict(stats), "wall_s": time.perf_counter() - t0},  # this attempt, not the numbers
+        "run": {**asdict(stats), "wall_s": time.perf_counter() - t0},  # this attempt (rank 0), not the numbers
     }
-    store.put_json(layout.shard_done(seed, recipe.name, shard), done)  # the shard's commit object
+    if writer is not None:
+        writer.flush()
+        done["run"]["flush_s"] += writer.flush_seconds
+        store.put_json(layout.shard_done(seed, recipe.name, shard), done)  # the shard's commit object
     return done
 
 
@@ -226,6 +266,15 @@ def run_eval(spec: CampaignSpec, seed: int, recipe_name: str, store_uri: str, sh
     recipe = spec.eval_recipe(recipe_name)
     plan = ensure_plan(store, spec, seed, recipe, shards)
     for k in range(len(plan["shards"])):
-        if not store.exists(layout.shard_done(seed, recipe.name, k)):
+        if store.exists(layout.shard_done(seed, recipe.name, k)):
+            continue
+        if recipe.gpus > 1:
+            spawn(_group_shard, recipe.gpus, spec.cluster.accelerator, (spec, seed, recipe_name, store_uri, k))
+        else:
             run_shard(spec, seed, recipe_name, store_uri, k)
     return merge_result(store, layout, seed, recipe)
+
+
+def _group_shard(rank: int, world: int, spec: CampaignSpec, seed: int, recipe: str, store_uri: str, shard: int) -> None:
+    device = select_device(spec.cluster.accelerator, rank, spec.cluster.cpu_threads)
+    run_shard(spec, seed, recipe, store_uri, shard, group=Group(rank, world, rank, device))

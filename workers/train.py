@@ -14,7 +14,6 @@ import hashlib
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,6 +27,7 @@ from workers.artifact import export_artifact, provenance, sha256
 from workers.checkpoint import restore_checkpoint, save_checkpoint
 from workers.data import TokenStream
 from workers.device import select_device
+from workers.group import APP_ERRORS, Group
 from workers.model import GPT, count_parameters
 from workers.optim import Muon
 
@@ -37,24 +37,6 @@ MANIFEST_VERSION = 1
 class ArtifactTooLarge(ValueError):
     pass
 
-
-# Errors that mean the run itself is wrong; anything else (a dead peer, a killed process) is a
-# system failure that a restart from the last checkpoint fixes.
-APP_ERRORS = (ValueError, FloatingPointError, FileNotFoundError, ImportError)
-
-
-@dataclass
-class Group:
-    """Where this process sits in the worker group."""
-
-    rank: int
-    world: int
-    local_rank: int
-    device: torch.device
-
-    @property
-    def distributed(self) -> bool:
-        return self.world > 1 and dist.is_available() and dist.is_initialized()
 
 
 class DistributedTokenLoader:
@@ -185,9 +167,7 @@ def train(spec: CampaignSpec, seed: int, store_uri: str, group: Group, context: 
 
     # Every rank must hold the same weights; check it rather than trust it.
     digest = params_digest(model)
-    digests = [digest] * group.world
-    if group.distributed:
-        dist.all_gather_object(digests, digest)
+    digests = group.all_gather(digest)
     summary = {
         "parameters": count_parameters(model),
         "steps": step,

@@ -5,6 +5,12 @@ on chunks < c only, then the model trains on chunk c: its tokens cut into non-ov
 sequences, `epochs` epochs, SGD with momentum (or Muon for 2-D weights), grad-norm clip, and
 lr · ½(1 + cos(π c / (n − 1))). The model + optimizer state at a chunk boundary is saved to the
 store, so a killed TTT eval resumes there and gives the same bits.
+
+On k GPUs (`ttt.gpus`, design §6) the unit is a data-parallel group: every step's batch_seqs
+sequences are split across the ranks, each rank's loss is weighted by its share, and the gradients
+are summed, so the step is the single-GPU step up to float rounding (the sum runs in another
+order). Every rank ends each step with the same weights; the saved state carries each rank's
+optimizer state (Muon keeps momentum only for the matrices a rank orthogonalizes).
 """
 
 from __future__ import annotations
@@ -20,10 +26,11 @@ import torch
 
 from pipeline.spec import TTTPass
 from pipeline.store import Layout, Store
+from workers.group import Group
 from workers.model import GPT
 from workers.optim import Muon
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: one optimizer state per rank
 _STATE_RE = re.compile(r"/state-(\d+)$")
 
 
@@ -38,8 +45,8 @@ def chunk_lr(c: int, n: int, lr: float) -> float:
 class ChunkTrainer:
     """The trainable parameters of a TTT pass and their optimizers."""
 
-    def __init__(self, model: GPT, p: TTTPass):
-        self.model, self.p = model, p
+    def __init__(self, model: GPT, p: TTTPass, group: Group):
+        self.model, self.p, self.group = model, p, group
         self.params = [
             (n, t) for n, t in model.named_parameters() if any(fnmatch.fnmatchcase(n, pat) for pat in p.params)
         ]
@@ -69,14 +76,24 @@ class ChunkTrainer:
         tensors = [t for _, t in self.params]
         for t in tensors:
             t.requires_grad_(True)
+        rank, world = self.group.rank, self.group.world
         self.model.train()
         try:
             with torch.enable_grad():
                 for _ in range(p.epochs):
                     for i in range(0, n_seq, p.batch_seqs):
-                        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                            loss = self.model(x[i : i + p.batch_seqs], y[i : i + p.batch_seqs])
-                        loss.backward()
+                        m = min(p.batch_seqs, n_seq - i)  # this step's sequences; rank r takes its share
+                        lo_r, hi_r = i + m * rank // world, i + m * (rank + 1) // world
+                        if hi_r > lo_r:
+                            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                                loss = self.model(x[lo_r:hi_r], y[lo_r:hi_r])
+                            # a mean over this rank's sequences, weighted so the ranks sum to the step's mean
+                            (loss * ((hi_r - lo_r) / m)).backward()
+                        if self.group.distributed:
+                            for t in tensors:
+                                if t.grad is None:  # a rank with no sequence this step adds zeros
+                                    t.grad = torch.zeros_like(t)
+                            self.group.all_reduce_sum_([t.grad for t in tensors])
                         if p.grad_clip:
                             torch.nn.utils.clip_grad_norm_(tensors, p.grad_clip)
                         for opt in self.opts:
@@ -89,39 +106,58 @@ class ChunkTrainer:
 
     # --- checkpoints -----------------------------------------------------------------------
 
-    def state_blob(self, next_chunk: int) -> bytes:
-        buf = io.BytesIO()
-        torch.save(
-            {
-                "version": STATE_VERSION,
-                "next_chunk": next_chunk,
-                "params": {n: t.detach().cpu() for n, t in self.params},
-                "opts": [o.state_dict() for o in self.opts],
-            },
-            buf,
-        )
-        payload = buf.getvalue()
-        return hashlib.sha256(payload).hexdigest().encode() + payload
+    def params_digest(self) -> str:
+        h = hashlib.sha256()
+        for n, t in self.params:
+            h.update(n.encode())
+            h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
+    def local_opt_state(self) -> list[dict]:
+        return [_to_cpu(o.state_dict()) for o in self.opts]
 
     def load_blob(self, blob: bytes) -> int | None:
-        """Restore params and optimizers; the next chunk to score, or None if the blob is bad."""
+        """Restore params and this rank's optimizers; the next chunk to score, or None if the blob
+        is bad or was written by a group of another size."""
         digest, payload = blob[:64], blob[64:]
         if hashlib.sha256(payload).hexdigest().encode() != digest:
             return None
         state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
-        if state.get("version") != STATE_VERSION:
+        if state.get("version") != STATE_VERSION or len(state["opts"]) != self.group.world:
             return None
         with torch.no_grad():
             for n, t in self.params:
                 t.copy_(state["params"][n])
-        for opt, sd in zip(self.opts, state["opts"]):
+        for opt, sd in zip(self.opts, state["opts"][self.group.rank]):
             opt.load_state_dict(sd)
         return int(state["next_chunk"])
 
 
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
 def save_state(store: Store, layout: Layout, seed: int, recipe: str, shard: int, trainer: ChunkTrainer, next_chunk: int) -> None:
-    """Write state-<next_chunk>, then drop older states: one checkpoint is enough to resume."""
-    store.put(layout.ttt_state(seed, recipe, shard, next_chunk), trainer.state_blob(next_chunk))
+    """Collective: rank 0 writes state-<next_chunk> (the weights, every rank's optimizer state),
+    then drops older states: one checkpoint is enough to resume. The ranks' weights must agree."""
+    group = trainer.group
+    digests = group.all_gather(trainer.params_digest())
+    if len(set(digests)) != 1:
+        raise FloatingPointError(f"ttt: the {group.world} ranks' weights differ before chunk {next_chunk}")
+    opts = group.gather(trainer.local_opt_state())
+    if group.rank != 0:
+        return
+    buf = io.BytesIO()
+    params = {n: t.detach().cpu() for n, t in trainer.params}
+    torch.save({"version": STATE_VERSION, "next_chunk": next_chunk, "params": params, "opts": opts}, buf)
+    payload = buf.getvalue()
+    store.put(layout.ttt_state(seed, recipe, shard, next_chunk), hashlib.sha256(payload).hexdigest().encode() + payload)
     for key in store.list(layout.shard_dir(seed, recipe, shard)):
         m = _STATE_RE.search(key)
         if m and int(m.group(1)) < next_chunk:
@@ -131,17 +167,23 @@ def save_state(store: Store, layout: Layout, seed: int, recipe: str, shard: int,
 def restore_latest(
     store: Store, layout: Layout, seed: int, recipe: str, shard: int, trainer: ChunkTrainer, usable=lambda chunk: True
 ) -> int:
-    """Load the newest readable state whose chunk is `usable` (every batch before it is recorded);
-    the chunk to resume from, 0 when there is none."""
-    states = []
-    for key in store.list(layout.shard_dir(seed, recipe, shard)):
-        m = _STATE_RE.search(key)
-        if m:
-            states.append((int(m.group(1)), key))
-    for chunk, key in sorted(states, reverse=True):
-        if not usable(chunk):
-            continue
-        nxt = trainer.load_blob(store.get(key))
-        if nxt is not None:
-            return nxt
-    return 0
+    """Collective: load the newest readable state whose chunk is `usable` (every batch before it is
+    recorded); the chunk to resume from, 0 when there is none. Rank 0 chooses, so a group never
+    resumes from two different states."""
+    chosen, nxt = None, 0
+    if trainer.group.rank == 0:
+        states = []
+        for key in store.list(layout.shard_dir(seed, recipe, shard)):
+            m = _STATE_RE.search(key)
+            if m:
+                states.append((int(m.group(1)), key))
+        for chunk, key in sorted(states, reverse=True):
+            if usable(chunk) and (loaded := trainer.load_blob(store.get(key))) is not None:
+                chosen, nxt = key, loaded
+                break
+    chosen = trainer.group.broadcast(chosen)
+    if trainer.group.rank != 0 and chosen is not None:
+        nxt = trainer.load_blob(store.get(chosen))
+        if nxt is None:
+            raise ValueError(f"{store.uri}/{chosen}: TTT state is unreadable on rank {trainer.group.rank}")
+    return nxt

@@ -70,6 +70,37 @@ def test_failed_training_is_reported_not_retried(ray_local, data_dir, tmp_path):
     assert states == [("train/5", "RUNNING"), ("train/5", "FAILED")]
 
 
+def test_ttt_unit_on_two_gpus_and_its_app_error(ray_local, data_dir, tmp_path):
+    """A TTT recipe with ttt.gpus: 2 runs as one unit on a 2-rank Ray Train group and gives the bits
+    of the same group run without Ray; a recipe that cannot run is FAILED once, with its message."""
+    from tests.workers.helpers import commit_random_model
+    from workers.evaluate import run_eval
+
+    ttt = {"kind": "ttt", "chunk_tokens": 600, "epochs": 1, "lr": 0.01, "batch_seqs": 4, "gpus": 2}
+    evals = [
+        {"name": "ttt2", "seq_len": 64, "stride": 16, "batch_seqs": 4, "passes": [ttt, {"kind": "sliding"}]},
+        {"name": "bad", "seq_len": 64, "stride": 16, "passes": [{**ttt, "params": ["nothing.*"]}, {"kind": "sliding"}]},
+    ]
+    over = {"seeds": [1], "evals": evals, "data": {"val_tokens": 2000}}
+    ref = make_spec(data_dir, str(tmp_path / "ref"), **over)
+    commit_random_model(ref, 1)
+    expected = run_eval(ref, 1, "ttt2", ref.store)
+    spec = make_spec(data_dir, str(tmp_path / "store"), **over)
+    commit_random_model(spec, 1)
+
+    report = Driver(spec, log=lambda _: None).run()
+    assert list(report.failed) == [Unit.eval(1, "bad", 0)]
+    assert "match no parameter" in report.failed[Unit.eval(1, "bad", 0)]
+    store, layout = open_store(spec.store), Layout("t")
+    got = store.get_json(layout.result(1, "ttt2"))
+    assert (got["nll_sum"], got["val_bpb"]) == (expected["nll_sum"], expected["val_bpb"])
+    events = Ledger(store, layout, "x").events()
+    placed = [e for e in events if e["event"] == "placed" and e["unit"] == "eval/1/ttt2/0"]
+    assert sorted(e["rank"] for e in placed) == [0, 1] and len({e["pid"] for e in placed}) == 2
+    states = [e["state"] for e in events if e.get("unit") == "eval/1/bad/0" and e["event"] == "state"]
+    assert states == ["RUNNING", "FAILED"]  # an application error is not retried
+
+
 def test_state_machine():
     t = UnitTracker()
     u = Unit.eval(1, "sw")

@@ -115,6 +115,43 @@ def test_node_dies_under_an_eval_shard(ray_cluster, data_dir, tmp_path):
     ray_cluster.wait_for_nodes()
 
 
+def test_node_dies_under_a_ttt_group(ray_cluster, data_dir, tmp_path):
+    """TTT on 2 GPUs: a node holding one of the group's ranks is removed after a chunk state was
+    saved. The attempt ends, the driver resumes the unit on a fresh group elsewhere, from the state."""
+    ttt = {"kind": "ttt", "chunk_tokens": 500, "epochs": 2, "lr": 0.002, "batch_seqs": 4, "optimizer": "muon", "gpus": 2}
+    ev = {"name": "ttt", "seq_len": 64, "stride": 16, "batch_seqs": 4, "passes": [ttt, {"kind": "slot", "steps": 30}]}
+    over = {"seeds": [1], "evals": [ev], "data": {"val_tokens": 5000}}
+    ref = make_spec(data_dir, str(tmp_path / "ref"), **over)
+    commit_random_model(ref, 1)
+    expected = run_eval(ref, 1, "ttt", ref.store)  # the same 2-rank group, no Ray, no fault
+    spec = make_spec(data_dir, str(tmp_path / "store"), **over)
+    commit_random_model(spec, 1)
+
+    bg = Background(spec)
+    layout, store = Layout(spec.name), open_store(spec.store)
+    wait_for(lambda: [k for k in store.list(layout.shard_dir(1, "ttt", 0)) if "/state-" in k], what="a TTT state")
+    placed = [e for e in events(spec) if e["event"] == "placed" and e["unit"] == "eval/1/ttt/0"]
+    assert not store.exists(layout.shard_done(1, "ttt", 0)), "the unit finished before the node could be removed"
+    victim = next(e for e in placed if e["rank"] == 1)["node_id"]
+    removed_at = time.time()
+    ray_cluster.remove_node(node_by_id(ray_cluster, victim))
+    report = bg.join()
+
+    assert not report.failed
+    got = store.get_json(layout.result(1, "ttt"))
+    for k in ("val_bpb", "nll_sum", "tokens", "bytes", "windows", "batches"):
+        assert got[k] == expected[k], k
+    states = [e["state"] for e in events(spec) if e.get("unit") == "eval/1/ttt/0" and e["event"] == "state"]
+    assert states == ["RUNNING", "INTERRUPTED", "PENDING", "RUNNING", "DONE"]
+    again = [e for e in events(spec) if e["event"] == "placed" and e["unit"] == "eval/1/ttt/0" and e["time"] > removed_at]
+    assert sorted(e["rank"] for e in again) == [0, 1] and victim not in {e["node_id"] for e in again}
+    print(f"ttt group: running again {max(e['time'] for e in again) - removed_at:.1f}s after the node was removed")
+    run = store.get_json(layout.shard_done(1, "ttt", 0))["run"]
+    assert run["resumed_chunk"] > 0 and run["resumed_batches"] > 0  # from the saved state, not from scratch
+    ray_cluster.add_node(num_cpus=2, num_gpus=2)
+    ray_cluster.wait_for_nodes()
+
+
 def train_spec(data_dir, store, **over):
     return make_spec(
         data_dir, store, seeds=[1], evals=[],

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from workers.data import target_bytes
 from workers.scoring import cosine_lr
 from workers.segments import Record, merge
+from workers.group import Group
 from workers.ttt import ChunkTrainer, num_chunks
 from workers.windows import chunk_of_windows
 
@@ -93,7 +94,7 @@ def reference_eval(ctx) -> tuple[float, int, int]:
         records = [reference_batch(ctx, b) for b in range(ctx.num_batches)]
     else:
         p = ctx.recipe.ttt
-        trainer = ChunkTrainer(ctx.model, p)
+        trainer = ChunkTrainer(ctx.model, p, Group(0, 1, 0, torch.device("cpu")))
         n = num_chunks(len(ctx.val) - 1, p.chunk_tokens)
         batch_chunk = chunk_of_windows(ctx.windows, p.chunk_tokens)[ctx.bounds[:-1]]
         for c in range(n):

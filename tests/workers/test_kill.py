@@ -23,6 +23,11 @@ RECIPES = {
     "sliding": [{"kind": "sliding"}],
     "slot": [{"kind": "slot", "steps": 6}],
     "ttt": [{"kind": "ttt", "chunk_tokens": 500, "epochs": 2, "lr": 0.01, "batch_seqs": 4}, {"kind": "sliding"}],
+    # a 2-process group (what ttt.gpus: 2 runs as), Muon: each rank's own momentum is in the state
+    "ttt-2gpus": [
+        {"kind": "ttt", "chunk_tokens": 500, "epochs": 2, "lr": 0.002, "batch_seqs": 4, "optimizer": "muon", "gpus": 2},
+        {"kind": "sliding"},
+    ],
 }
 MIN_KILLS = 5
 MAX_ATTEMPTS = 60
@@ -39,6 +44,17 @@ def _tmp_files(shard_dir: Path) -> set[str]:
 
 def _count(shard_dir: Path, prefix: str) -> int:
     return sum(1 for _ in shard_dir.glob(f"{prefix}*")) if shard_dir.is_dir() else 0
+
+
+def _wait_group_gone(pgid: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process group {pgid} still alive 10 s after SIGKILL")
 
 
 @pytest.mark.parametrize("name", list(RECIPES))
@@ -59,7 +75,10 @@ def test_sigkill_resume_is_bit_identical(data_dir, tmp_path, name):
     kills = flush_kills = kills_with_state = 0
     for attempt in range(MAX_ATTEMPTS):
         done = kills >= MIN_KILLS and flush_kills >= 1
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[2])
+        # its own process group, so a kill takes the eval and every rank it spawned, as a dying pod does
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[2], start_new_session=True
+        )
         if done:
             out, _ = proc.communicate(timeout=300)
             assert proc.returncode == 0, out.decode()
@@ -82,8 +101,9 @@ def test_sigkill_resume_is_bit_identical(data_dir, tmp_path, name):
         if proc.poll() is not None:  # it finished before the kill: too little work left to kill
             assert proc.returncode == 0, proc.stdout.read().decode()
             pytest.fail(f"eval finished after {kills} kills ({flush_kills} during a write)")
-        os.kill(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        _wait_group_gone(proc.pid)
         kills += 1
         kills_with_state += _count(shard_dir, "state-") > 0
         flush_kills += killed_in_flush or bool(_tmp_files(shard_dir) - stale)
@@ -94,7 +114,7 @@ def test_sigkill_resume_is_bit_identical(data_dir, tmp_path, name):
     print(f"{name}: {kills} kills, {flush_kills} during a write, {kills_with_state} with a TTT state, {got['run']}")
     assert kills >= MIN_KILLS and flush_kills >= 1
     assert got["run"]["resumed_batches"] > 0
-    if name == "ttt":
+    if name.startswith("ttt"):
         assert kills_with_state > 0  # some restarts resumed from a saved chunk-boundary state
     for k in ("val_bpb", "val_loss", "nll_sum", "tokens", "bytes", "windows", "batches"):
         assert got[k] == expected[k], k

@@ -5,7 +5,8 @@ import torch
 
 from pipeline.store import Layout, open_store
 from tests.conftest import make_spec
-from workers.train import ArtifactTooLarge, Group, lr_multiplier, ray_train_loop, train
+from workers.group import Group
+from workers.train import ArtifactTooLarge, lr_multiplier, ray_train_loop, train
 
 CPU = Group(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
 

@@ -1,0 +1,106 @@
+"""A process's place in a data-parallel group, the few collectives the workers use, and a local
+launcher (k processes on this machine) for running a group without Ray.
+
+Ray Train sets up the process group for training and for TTT on k GPUs; `spawn` does the same for
+`pipeline eval` on one machine, the way torchrun would. Every collective degrades to the identity
+in a group of one, so single-GPU code paths stay free of `if distributed` branches.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+# Errors that mean the unit itself is wrong (bad input, a refused artifact): restarting its group
+# would only repeat them. Anything else (a dead peer, a killed process) is a system failure.
+APP_ERRORS = (ValueError, FloatingPointError, FileNotFoundError, ImportError)
+
+
+@dataclass
+class Group:
+    """Where this process sits in the worker group."""
+
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1 and dist.is_available() and dist.is_initialized()
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's `obj` on every rank (decisions that must not differ, e.g. which state to resume)."""
+        if not self.distributed:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, device=self._object_device)
+        return box[0]
+
+    def all_gather(self, obj: Any) -> list[Any]:
+        if not self.distributed:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def gather(self, obj: Any) -> list[Any] | None:
+        """Every rank's `obj` on rank 0 (None elsewhere)."""
+        if not self.distributed:
+            return [obj]
+        out: list[Any] | None = [None] * self.world if self.rank == 0 else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
+    def all_reduce_sum_(self, tensors: list[torch.Tensor]) -> None:
+        """Sum tensors in place across the group: one collective per dtype, through a flat buffer.
+        The reduction runs once per element and is shared, so every rank gets the same bits."""
+        if not self.distributed:
+            return
+        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+        for t in tensors:
+            by_dtype.setdefault(t.dtype, []).append(t)
+        for ts in by_dtype.values():
+            flat = torch.cat([t.reshape(-1) for t in ts])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            offset = 0
+            for t in ts:
+                t.copy_(flat[offset : offset + t.numel()].view_as(t))
+                offset += t.numel()
+
+    @property
+    def _object_device(self) -> torch.device | None:
+        return self.device if dist.get_backend() == "nccl" else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawned(local_rank: int, world: int, port: int, accelerator: str, fn: Callable, args: tuple) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    backend = "nccl" if accelerator == "cuda" else "gloo"
+    dist.init_process_group(backend, rank=local_rank, world_size=world)
+    try:
+        fn(local_rank, world, *args)
+        dist.barrier()  # no rank tears the group down while a peer still talks to it
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn(fn: Callable, world: int, accelerator: str, args: tuple = ()) -> None:
+    """Run fn(rank, world, *args) in `world` fresh processes on this machine joined in one process
+    group (NCCL on cuda: rank r on GPU r; gloo on cpu). Raises if any rank fails. The processes
+    share this one's process group, so killing the group (as a dying pod does) kills them all."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_spawned, args=(world, _free_port(), accelerator, fn, args), nprocs=world, join=True)
