@@ -56,12 +56,12 @@ def main() -> None:
     one, many = run(data, root, 1, args), run(data, root, args.gpus, args)
     for label, r in (("1 rank", one), (f"{args.gpus} ranks", many)):
         print(
-            f"{label:<9} eval {r['eval_s']:7.1f} s (ttt steps {r['ttt_s']:6.1f} s)  unit incl. process start {r['total_s']:7.1f} s"
+            f"{label:<9} eval {r['eval_s']:7.1f} s (ttt steps {r['ttt_s']:6.1f} s)  wall incl. starting the ranks {r['total_s']:7.1f} s"
             f"  val_bpb {r['val_bpb']:.10f}"
         )
     rel = abs(many["nll_sum"] - one["nll_sum"]) / abs(one["nll_sum"])
     print(
-        f"speedup ×{one['eval_s'] / many['eval_s']:.2f} (eval), ×{one['total_s'] / many['total_s']:.2f} (unit)  |  "
+        f"speedup ×{one['eval_s'] / many['eval_s']:.2f} (eval), ×{one['total_s'] / many['total_s']:.2f} (wall)  |  "
         f"nll rel diff {rel:.1e}  ({one['windows']} windows, seq 1024, stride 64, chunks of {args.chunk_tokens}, "
         f"TTT {args.epochs} epoch(s) then SLOT-{args.slot_steps}, {args.accelerator})"
     )

@@ -8,6 +8,7 @@ in a group of one, so single-GPU code paths stay free of `if distributed` branch
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Callable
@@ -86,21 +87,36 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _spawned(local_rank: int, world: int, port: int, accelerator: str, fn: Callable, args: tuple) -> None:
+def _spawned(local_rank: int, world: int, port: int, accelerator: str, fn: Callable, args: tuple, errors) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     backend = "nccl" if accelerator == "cuda" else "gloo"
     dist.init_process_group(backend, rank=local_rank, world_size=world)
     try:
         fn(local_rank, world, *args)
         dist.barrier()  # no rank tears the group down while a peer still talks to it
+    except APP_ERRORS as e:
+        errors.put((local_rank, e))
+        raise
     finally:
         dist.destroy_process_group()
 
 
 def spawn(fn: Callable, world: int, accelerator: str, args: tuple = ()) -> None:
     """Run fn(rank, world, *args) in `world` fresh processes on this machine joined in one process
-    group (NCCL on cuda: rank r on GPU r; gloo on cpu). Raises if any rank fails. The processes
-    share this one's process group, so killing the group (as a dying pod does) kills them all."""
+    group (NCCL on cuda: rank r on GPU r; gloo on cpu). An application error of a rank is raised
+    here as itself (so the CLI prints its one line); any other failure of a rank raises. The
+    processes share this one's process group, so killing the group (as a dying pod does) kills all."""
     import torch.multiprocessing as mp
 
-    mp.spawn(_spawned, args=(world, _free_port(), accelerator, fn, args), nprocs=world, join=True)
+    errors = mp.get_context("spawn").SimpleQueue()
+    # torch logs a warning for each peer it stops after one rank failed; the failure itself is raised
+    logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)
+    try:
+        mp.start_processes(
+            _spawned, args=(world, _free_port(), accelerator, fn, args, errors), nprocs=world, join=True, start_method="spawn"
+        )
+    except mp.ProcessRaisedException:
+        if errors.empty():
+            raise
+        rank, err = errors.get()
+        raise err from None

@@ -100,3 +100,21 @@ def test_group_size_must_match_the_recipe(data_dir, tmp_path):
     ctx = prepare_context(spec, 1, spec.evals[0], store, torch.device("cpu"))
     with pytest.raises(ValueError, match="ttt.gpus is 2"):
         execute(ctx, store, Layout(spec.name), 1, 0, 1.0, plan, Group(0, 1, 0, torch.device("cpu")))
+
+
+def test_cli_group_app_error_is_one_line(data_dir, tmp_path, capsys):
+    """`pipeline eval` of a 2-rank TTT recipe that cannot run: the ranks' error, one line, exit 2."""
+    import yaml
+
+    from pipeline.cli import main
+
+    spec = _spec(data_dir, str(tmp_path / "st"), "sgd", 2)
+    bad = spec.evals[0].model_copy(update={"passes": [spec.evals[0].ttt.model_copy(update={"params": ["nope.*"]}), spec.evals[0].scorer]})
+    spec = spec.model_copy(update={"evals": [bad]})
+    commit_random_model(spec, 1)
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    capsys.readouterr()
+    assert main(["eval", str(f), "--seed", "1", "--recipe", "sgd"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "error: ttt.params ['nope.*'] match no parameter of the model", err
