@@ -74,7 +74,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from pipeline.driver import resolve_paths
     from pipeline.spec import load_spec
     from pipeline.store import Layout, open_store
-    from workers.evaluate import merge_result, run_eval, run_shard
+    from workers.evaluate import run_eval, run_shard
+    from workers.result import merge_result
 
     spec = resolve_paths(load_spec(args.spec))
     if args.recipe not in {e.name for e in spec.evals}:

@@ -278,7 +278,7 @@ class Driver:
     def _merge_if_complete(self, seed: int, recipe: str) -> None:
         shards = [u for u in self.tracker.states if u.kind == "eval" and u.seed == seed and u.recipe == recipe]
         if shards and all(self.tracker.state(u) == UnitState.DONE for u in shards):
-            from workers.evaluate import merge_result
+            from workers.result import merge_result  # numpy only: the driver never imports torch for this
 
             r = merge_result(self.store, self.layout, seed, self.spec.eval_recipe(recipe))
             self.log(f"result seed {seed} {recipe}: val_bpb {r['val_bpb']:.6f} ({r['shards']} shard(s))")
@@ -335,6 +335,7 @@ class Driver:
 
         running: dict[Any, tuple[Unit, float]] = {}
         interruptions: dict[Unit, int] = {}
+        to_merge: list[tuple[int, str]] = []  # (seed, recipe) whose shard just finished
         train_busy = 0.0
 
         def launch(u: Unit) -> None:
@@ -369,6 +370,10 @@ class Driver:
                 if slots(u) <= free or not running:  # too big for the cluster now: Ray queues it
                     launch(u)
                     free -= slots(u)
+            # Bookkeeping only once the GPUs have their next work, so they never wait on it.
+            for seed, recipe in to_merge:
+                self._merge_if_complete(seed, recipe)
+            to_merge.clear()
             if not running:
                 break
             ready, _ = ray.wait(list(running), num_returns=1)
@@ -391,7 +396,7 @@ class Driver:
                 self._add_evals(u.seed, report, default_shards)
             else:
                 self.log(f"done   {u}  {secs:6.1f}s  {out['batches']} batches")
-                self._merge_if_complete(u.seed, u.recipe)
+                to_merge.append((u.seed, u.recipe))
         report.blocked = self.tracker.in_state(UnitState.PENDING) + [
             Unit.eval(s, e.name) for s in spec.seeds for e in evals_left[s]
             if self.tracker.state(Unit.train(s)) != UnitState.DONE
