@@ -232,6 +232,28 @@ def _is_system_failure(err: BaseException) -> bool:
     return isinstance(err, rex.RayError)
 
 
+def pick_evals(pending: list[Unit], slots: Callable[[Unit], float], free: float, capacity: float, idle: bool) -> list[Unit]:
+    """Which pending eval units to launch now, given `free` GPUs of `capacity`.
+
+    Largest first: multi-GPU TTT units are the long sequential ones, so they should start early.
+    When the largest unit that fits the cluster does not fit the free GPUs, nothing smaller jumps
+    ahead of it: GPUs gather for it as they free up instead of going to 1-GPU shards one by one,
+    which would starve it. A unit bigger than the whole cluster is submitted only when nothing
+    runs (Ray holds it until GPUs join, e.g. a cluster still scaling up)."""
+    out: list[Unit] = []
+    for u in sorted(pending, key=lambda u: -slots(u)):
+        need = slots(u)
+        if need > capacity:
+            if idle and not out:
+                out.append(u)
+            continue
+        if need > free:
+            break
+        out.append(u)
+        free -= need
+    return out
+
+
 class Driver:
     def __init__(
         self,
@@ -360,16 +382,11 @@ class Driver:
             for u in (u for u in pending if u.kind == "train"):
                 if train_busy == 0 or train_busy + train_slots <= capacity:
                     launch(u)
-            # Eval units fill whatever training leaves free: multi-GPU TTT units first (they are
-            # the long sequential ones), single-GPU shards around them.
+            # Eval units fill whatever training leaves free.
             eval_busy = sum(slots(u) for u, _ in running.values() if u.kind == "eval")
             free = max(capacity - train_busy - eval_busy, 0)
-            if not any(u.kind == "train" for u, _ in running.values()):
-                free = max(free, 1)  # always make progress, even on a cluster still scaling up
-            for u in sorted((u for u in pending if u.kind == "eval"), key=lambda u: -slots(u)):
-                if slots(u) <= free or not running:  # too big for the cluster now: Ray queues it
-                    launch(u)
-                    free -= slots(u)
+            for u in pick_evals([u for u in pending if u.kind == "eval"], slots, free, capacity, idle=not running):
+                launch(u)
             # Bookkeeping only once the GPUs have their next work, so they never wait on it.
             for seed, recipe in to_merge:
                 self._merge_if_complete(seed, recipe)
@@ -377,6 +394,7 @@ class Driver:
             if not running:
                 break
             ready, _ = ray.wait(list(running), num_returns=1)
+            capacity = self._capacity()  # nodes come and go (a pod dies, a replacement joins)
             ref = ready[0]
             u, t0 = running.pop(ref)
             if u.kind == "train":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -93,30 +94,43 @@ def _spawned(local_rank: int, world: int, port: int, accelerator: str, fn: Calla
     dist.init_process_group(backend, rank=local_rank, world_size=world)
     try:
         fn(local_rank, world, *args)
-        dist.barrier()  # no rank tears the group down while a peer still talks to it
     except APP_ERRORS as e:
-        errors.put((local_rank, e))
-        raise
-    finally:
-        dist.destroy_process_group()
+        errors.put((local_rank, type(e), str(e)[:2000]))  # small: a full pipe would block this exit
+        raise  # without tearing the group down: peers may sit in a collective (NCCL would block)
+    dist.barrier()  # every rank's work is done (and rank 0's store writes are durable)
+    # Leave without tearing the group down: gloo's and the TCP store's threads racing each other
+    # at exit can abort a rank (std::terminate) whose work is complete, failing a finished run.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def spawn(fn: Callable, world: int, accelerator: str, args: tuple = ()) -> None:
     """Run fn(rank, world, *args) in `world` fresh processes on this machine joined in one process
-    group (NCCL on cuda: rank r on GPU r; gloo on cpu). An application error of a rank is raised
-    here as itself (so the CLI prints its one line); any other failure of a rank raises. The
-    processes share this one's process group, so killing the group (as a dying pod does) kills all."""
+    group (NCCL on cuda: rank r on GPU r; gloo on cpu). When a rank fails the others are stopped;
+    an application error of a rank is raised here as itself (so the CLI prints its one line), any
+    other failure as torch reports it. The processes share this one's process group, so killing
+    the group (as a dying pod does) kills them all."""
     import torch.multiprocessing as mp
+    from torch.multiprocessing.spawn import ProcessException  # the module (mp.spawn is the function)
 
     errors = mp.get_context("spawn").SimpleQueue()
-    # torch logs a warning for each peer it stops after one rank failed; the failure itself is raised
-    logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)
+    log = logging.getLogger("torch.multiprocessing.spawn")
+    level = log.level
     try:
+        # torch warns for each peer it stops after one rank failed; that failure is raised below
+        log.setLevel(logging.ERROR)
         mp.start_processes(
             _spawned, args=(world, _free_port(), accelerator, fn, args, errors), nprocs=world, join=True, start_method="spawn"
         )
-    except mp.ProcessRaisedException:
+    except ProcessException:
         if errors.empty():
             raise
-        rank, err = errors.get()
+        rank, kind, msg = errors.get()
+        try:
+            err = kind(msg)
+        except Exception:  # noqa: BLE001 - an error type with another constructor
+            err = ValueError(msg)
         raise err from None
+    finally:
+        log.setLevel(level)

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from pipeline.cli import main
-from pipeline.driver import CampaignChanged, Driver, check_campaign
+from pipeline.driver import CampaignChanged, Driver, check_campaign, pick_evals
 from pipeline.ledger import Ledger
 from pipeline.store import Layout, open_store
 from pipeline.units import IllegalTransition, Unit, UnitState, UnitTracker
@@ -99,6 +99,24 @@ def test_ttt_unit_on_two_gpus_and_its_app_error(ray_local, data_dir, tmp_path):
     assert sorted(e["rank"] for e in placed) == [0, 1] and len({e["pid"] for e in placed}) == 2
     states = [e["state"] for e in events if e.get("unit") == "eval/1/bad/0" and e["event"] == "state"]
     assert states == ["RUNNING", "FAILED"]  # an application error is not retried
+
+
+def test_pick_evals_largest_first_without_starving_a_group():
+    ttt = Unit.eval(1, "ttt4", 0)
+    shards = [Unit.eval(1, "slot", k) for k in range(6)]
+    big = Unit.eval(2, "ttt16", 0)
+    gpus = {"ttt4": 4, "slot": 1, "ttt16": 16}
+
+    def pick(pending, free, capacity=8, idle=False):
+        return pick_evals(pending, lambda u: gpus[u.recipe], free, capacity, idle)
+
+    assert pick(shards + [ttt], 8) == [ttt] + shards[:4]  # the group first, shards fill around it
+    assert pick(shards + [ttt], 3) == []  # 3 free GPUs wait for the group rather than go to shards
+    assert pick(shards, 3) == shards[:3]
+    assert pick([big] + shards, 2) == shards[:2]  # a unit bigger than the cluster does not block others
+    assert pick([big] + shards, 8, idle=True) == [big] + shards[:6]  # ... and is submitted when idle
+    assert pick(shards, 0, capacity=0, idle=True) == shards[:1]  # a cluster still scaling up: one at a time
+    assert pick(shards, 0, capacity=0, idle=False) == []
 
 
 def test_state_machine():
