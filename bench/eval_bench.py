@@ -12,8 +12,6 @@ for the 969,088 windows of the standard val set.
 from __future__ import annotations
 
 import argparse
-import itertools
-import json
 import sys
 import tempfile
 import time
@@ -30,17 +28,15 @@ from tests.workers.helpers import commit_random_model  # noqa: E402
 from tests.workers.reference import reference_batch  # noqa: E402
 from workers.evaluate import execute, prepare_context, score_batch  # noqa: E402
 from workers.plan import ensure_plan  # noqa: E402
-from workers.prepare import prepare, stdlib_corpus  # noqa: E402
+from workers.prepare import prepare, write_stdlib_corpus  # noqa: E402
 
 STANDARD_WINDOWS = 969_088  # legacy filter, stride 64, standard val set
 
 
-def make_data(root: Path, vocab: int) -> Path:
-    corpus = root / "docs.jsonl"
-    with open(corpus, "w") as f:
-        for doc in itertools.islice(stdlib_corpus(), 1500):
-            f.write(json.dumps({"text": doc}) + "\n")
-    prepare([corpus], vocab, root / "data")
+def make_data(root: Path, vocab: int, docs: int = 1500) -> Path:
+    """Tokenizer and shards from this Python's standard-library docstrings (no download)."""
+    write_stdlib_corpus(root / "docs.jsonl", limit=docs)
+    prepare([root / "docs.jsonl"], vocab, root / "data")
     return root / "data"
 
 

@@ -16,8 +16,6 @@ over its batches. Prints
 
 from __future__ import annotations
 
-import itertools
-import json
 import os
 import random
 import sys
@@ -109,14 +107,11 @@ def main() -> None:
     from pipeline.ledger import Ledger
     from pipeline.store import Layout, open_store
     from workers.plan import plan_geometry
-    from workers.prepare import prepare, stdlib_corpus
+    from workers.prepare import prepare, write_stdlib_corpus
 
     root = Path(tempfile.mkdtemp(prefix="makespan-"))
-    corpus = root / "docs.jsonl"
-    with open(corpus, "w") as f:
-        for doc in itertools.islice(stdlib_corpus(), 2500):
-            f.write(json.dumps({"text": doc}) + "\n")
-    prepare([corpus], 512, root / "data")
+    write_stdlib_corpus(root / "docs.jsonl", limit=2500)
+    prepare([root / "docs.jsonl"], 512, root / "data")
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 4, "num_gpus": 0, "include_dashboard": False})
     nodes = [cluster.add_node(num_cpus=4, num_gpus=2) for _ in range(GPUS // 2)]

@@ -87,11 +87,21 @@ def git_commit() -> str | None:
 # --- what runs on the cluster -----------------------------------------------------------------
 
 
-def _fit_group(name: str, loop: Callable, config: dict, workers: int, gpus_per_worker: float, accelerator: str, max_failures: int):
-    """A Ray Train worker group running `loop` (NCCL on cuda, gloo on cpu) until it ends."""
+def _fit_group(
+    name: str, loop: Callable, config: dict, workers: int, gpus_per_worker: float, accelerator: str, max_failures: int,
+    store: Store, error_key: str,
+) -> None:
+    """A Ray Train worker group running `loop` (NCCL on cuda, gloo on cpu) until it ends. An
+    application error a rank recorded at `error_key` is raised as UnitError (FAILED, not retried);
+    the group giving up otherwise (TrainingFailedError) is a system failure the driver resumes."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    def recorded_error() -> None:
+        if store.exists(error_key):
+            raise UnitError(store.get_json(error_key)["error"]) from None
+
+    store.delete(error_key)  # a new attempt; the old error stays in the ledger
     use_gpu = gpus_per_worker > 0
     trainer = TorchTrainer(
         loop,
@@ -108,7 +118,14 @@ def _fit_group(name: str, loop: Callable, config: dict, workers: int, gpus_per_w
             failure_config=FailureConfig(max_failures=max_failures),
         ),
     )
-    return trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception:
+        recorded_error()
+        raise
+    recorded_error()
+    if result.error is not None:
+        raise result.error
 
 
 def _train_unit(spec_json: dict, seed: int, store_uri: str, context: dict) -> dict:
@@ -118,15 +135,12 @@ def _train_unit(spec_json: dict, seed: int, store_uri: str, context: dict) -> di
 
     spec = CampaignSpec.model_validate(spec_json)
     store, layout = open_store(store_uri), Layout(spec.name)
-    store.delete(layout.train_error(seed))  # a new attempt; the old error stays in the ledger
     t = spec.train
     config = {"spec": spec_json, "seed": seed, "store_uri": store_uri, "context": context}
-    name = f"{spec.name}-seed{seed}"
-    result = _fit_group(name, ray_train_loop, config, t.world_size, t.gpus_per_worker, spec.cluster.accelerator, t.max_failures)
-    if store.exists(layout.train_error(seed)):
-        raise UnitError(store.get_json(layout.train_error(seed))["error"])
-    if result.error is not None:
-        raise result.error
+    _fit_group(
+        f"{spec.name}-seed{seed}", ray_train_loop, config, t.world_size, t.gpus_per_worker, spec.cluster.accelerator,
+        t.max_failures, store, layout.train_error(seed),
+    )
     return store.get_json(layout.manifest(seed))["train"]
 
 
@@ -157,27 +171,19 @@ def _eval_unit(spec_json: dict, seed: int, recipe: str, store_uri: str, shard: i
 
 def _eval_group_loop(config: dict) -> None:
     """One rank of a TTT unit on ttt.gpus GPUs (a Ray Train worker)."""
-    import ray.train
-
-    from workers.device import select_device
     from workers.evaluate import run_shard
-    from workers.group import APP_ERRORS, Group
+    from workers.group import APP_ERRORS, Group, record_error
 
     spec = CampaignSpec.model_validate(config["spec"])
     seed, recipe, shard, store_uri = config["seed"], config["recipe"], config["shard"], config["store_uri"]
-    ctx = ray.train.get_context()
-    device = select_device(spec.cluster.accelerator, ctx.get_local_rank(), spec.cluster.cpu_threads)
-    group = Group(ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank(), device)
+    group = Group.of_ray_train(spec.cluster)
     _place(spec, store_uri, config["run_id"], Unit.eval(seed, recipe, shard), rank=group.rank)
     try:
         run_shard(spec, seed, recipe, store_uri, shard, group=group)
     except APP_ERRORS as e:
         # Recorded for the launcher, which marks the unit FAILED; raised so the group stops now
         # rather than leaving the other ranks waiting in a collective.
-        open_store(store_uri).put_json(
-            Layout(spec.name).shard_error(seed, recipe, shard),
-            {"version": 1, "rank": group.rank, "error": f"{type(e).__name__}: {e}"},
-        )
+        record_error(open_store(store_uri), Layout(spec.name).shard_error(seed, recipe, shard), group.rank, e)
         raise
 
 
@@ -186,20 +192,11 @@ def _eval_group_unit(spec_json: dict, seed: int, recipe: str, store_uri: str, sh
     inside: a dead rank ends the attempt and the driver resumes the unit from its saved state."""
     spec = CampaignSpec.model_validate(spec_json)
     store, layout = open_store(store_uri), Layout(spec.name)
-    err_key = layout.shard_error(seed, recipe, shard)
-    store.delete(err_key)
     config = {"spec": spec_json, "seed": seed, "recipe": recipe, "shard": shard, "store_uri": store_uri, "run_id": run_id}
-    gpus = spec.eval_recipe(recipe).gpus
-    try:
-        result = _fit_group(f"{spec.name}-seed{seed}-{recipe}", _eval_group_loop, config, gpus, 1, spec.cluster.accelerator, 0)
-    except Exception:
-        if store.exists(err_key):
-            raise UnitError(store.get_json(err_key)["error"]) from None
-        raise
-    if store.exists(err_key):
-        raise UnitError(store.get_json(err_key)["error"])
-    if result.error is not None:
-        raise result.error
+    _fit_group(
+        f"{spec.name}-seed{seed}-{recipe}", _eval_group_loop, config, spec.eval_recipe(recipe).gpus, 1,
+        spec.cluster.accelerator, 0, store, layout.shard_error(seed, recipe, shard),
+    )
     return store.get_json(layout.shard_done(seed, recipe, shard))
 
 

@@ -3,8 +3,6 @@ a real S3-compatible server (moto) on 127.0.0.1."""
 
 from __future__ import annotations
 
-import itertools
-import json
 import os
 from pathlib import Path
 
@@ -18,12 +16,10 @@ TINY_MODEL = {"vocab_size": 512, "num_layers": 2, "model_dim": 64, "num_heads": 
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> Path:
     """~600 standard-library docstrings as a .jsonl corpus."""
-    from workers.prepare import stdlib_corpus
+    from workers.prepare import write_stdlib_corpus
 
     out = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
-    with open(out, "w") as f:
-        for doc in itertools.islice(stdlib_corpus(), 600):
-            f.write(json.dumps({"text": doc}) + "\n")
+    write_stdlib_corpus(out, limit=600)
     return out
 
 

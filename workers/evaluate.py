@@ -18,7 +18,6 @@ import torch
 from pipeline.spec import CampaignSpec, EvalRecipe
 from pipeline.store import Layout, Store, open_store
 from workers.artifact import load_artifact, sha256
-from workers.device import select_device
 from workers.group import Group, spawn
 from workers.data import load_val_tokens, target_bytes, unigram_bpb
 from workers.model import GPT
@@ -95,19 +94,10 @@ class EvalStats:
     resumed_chunk: int = 0
 
 
-def _score_missing(ctx: EvalContext, batches, records: dict[int, Record], writer: SegmentWriter, stats: EvalStats) -> None:
-    for b in batches:
-        if b not in records:
-            t = time.perf_counter()
-            records[b] = rec = score_batch(ctx, b)
-            stats.score_s += time.perf_counter() - t
-            stats.scored_batches += 1
-            writer.add(rec)
-
-
-def _score_chunk(ctx, batches, records, writer: SegmentWriter | None, stats, group: Group) -> None:
-    """The chunk's unrecorded batches, dealt round by round to the group's ranks; each round's
-    records are shared, so every rank ends holding all of them and rank 0 writes them."""
+def _score(ctx, batches, records, writer: SegmentWriter | None, stats, group: Group) -> None:
+    """The unrecorded batches, in order, dealt round by round to the group's ranks (a round is one
+    batch in a group of one); each round's records are shared, so every rank ends holding all of
+    them and rank 0 writes them."""
     missing = [b for b in batches if b not in records]
     for j in range(0, len(missing), group.world):
         mine = missing[j : j + group.world]
@@ -140,7 +130,7 @@ def _run_ttt(ctx, store, layout, seed, shard, every_s, records, writer, stats, g
     stats.resumed_chunk = start
     last_state = time.monotonic()
     for c in range(start, n):
-        _score_chunk(ctx, np.flatnonzero(batch_chunk == c).tolist(), records, writer, stats, group)
+        _score(ctx, np.flatnonzero(batch_chunk == c).tolist(), records, writer, stats, group)
         if c == n - 1:
             break
         t = time.perf_counter()
@@ -155,10 +145,6 @@ def _run_ttt(ctx, store, layout, seed, shard, every_s, records, writer, stats, g
             last_state = time.monotonic()
 
 
-def _single(accelerator: str, cpu_threads: int) -> Group:
-    return Group(0, 1, 0, select_device(accelerator, 0, cpu_threads))
-
-
 def run_shard(
     spec: CampaignSpec, seed: int, recipe_name: str, store_uri: str, shard: int, default_shards: int = 1, group: Group | None = None
 ) -> dict[str, Any]:
@@ -166,7 +152,7 @@ def run_shard(
     group (a TTT recipe on ttt.gpus GPUs), every rank calls this; rank 0 writes."""
     recipe = spec.eval_recipe(recipe_name)
     store = open_store(store_uri)
-    group = group or _single(spec.cluster.accelerator, spec.cluster.cpu_threads)
+    group = group or Group.on(0, 1, 0, spec.cluster)
     plan = group.broadcast(ensure_plan(store, spec, seed, recipe, default_shards) if group.rank == 0 else None)
     ctx = prepare_context(spec, seed, recipe, store, group.device)
     return execute(ctx, store, Layout(spec.name), seed, shard, spec.checkpoint_every_s, plan, group)
@@ -197,7 +183,7 @@ def execute(
     stats = EvalStats(resumed_batches=len(records))
     t0 = time.perf_counter()
     if recipe.ttt is None:
-        _score_missing(ctx, mine, records, writer, stats)
+        _score(ctx, mine, records, writer, stats, group)
     else:
         _run_ttt(ctx, store, layout, seed, shard, every_s, records, writer, stats, group)
     nll = merge(list(records.values()))[0]
@@ -235,5 +221,4 @@ def run_eval(spec: CampaignSpec, seed: int, recipe_name: str, store_uri: str, sh
 
 
 def _group_shard(rank: int, world: int, spec: CampaignSpec, seed: int, recipe: str, store_uri: str, shard: int) -> None:
-    device = select_device(spec.cluster.accelerator, rank, spec.cluster.cpu_threads)
-    run_shard(spec, seed, recipe, store_uri, shard, group=Group(rank, world, rank, device))
+    run_shard(spec, seed, recipe, store_uri, shard, group=Group.on(rank, world, rank, spec.cluster))

@@ -8,21 +8,31 @@ in a group of one, so single-GPU code paths stay free of `if distributed` branch
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from pipeline.spec import ClusterSpec
+from pipeline.store import Store
+from workers.device import select_device
+
 
 # Errors that mean the unit itself is wrong (bad input, a refused artifact): restarting its group
 # would only repeat them. Anything else (a dead peer, a killed process) is a system failure.
 APP_ERRORS = (ValueError, FloatingPointError, FileNotFoundError, ImportError)
+
+
+def record_error(store: Store, key: str, rank: int, err: BaseException) -> None:
+    """Write a rank's application error where its launcher looks before deciding FAILED vs resume."""
+    store.put_json(key, {"version": 1, "rank": rank, "error": f"{type(err).__name__}: {err}"})
 
 
 @dataclass
@@ -80,6 +90,28 @@ class Group:
     @property
     def _object_device(self) -> torch.device | None:
         return self.device if dist.get_backend() == "nccl" else None
+
+    @classmethod
+    def on(cls, rank: int, world: int, local_rank: int, cluster: ClusterSpec) -> Group:
+        """This process's place, computing on the cluster's accelerator (GPU = local rank)."""
+        return cls(rank, world, local_rank, select_device(cluster.accelerator, local_rank, cluster.cpu_threads))
+
+    @classmethod
+    def of_ray_train(cls, cluster: ClusterSpec) -> Group:
+        """Inside a Ray Train worker: the group Ray Train set up."""
+        import ray.train
+
+        ctx = ray.train.get_context()
+        return cls.on(ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank(), cluster)
+
+
+def weights_digest(named: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """sha256 of named tensors' bytes: the ranks of a group compare it to prove they hold the same weights."""
+    h = hashlib.sha256()
+    for name, t in named:
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _free_port() -> int:

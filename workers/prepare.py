@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import itertools
 import json
 import sysconfig
 from collections.abc import Iterator
@@ -100,12 +101,13 @@ def stdlib_corpus() -> Iterator[str]:
                     yield doc
 
 
-def write_stdlib_corpus(out: str | Path) -> int:
+def write_stdlib_corpus(out: str | Path, limit: int | None = None) -> int:
+    """The standard-library docstrings (the first `limit` of them) as .jsonl; how many."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     n = 0
     with open(out, "w", encoding="utf-8") as f:
-        for doc in stdlib_corpus():
+        for doc in itertools.islice(stdlib_corpus(), limit):
             f.write(json.dumps({"text": doc}) + "\n")
             n += 1
     return n

@@ -10,7 +10,6 @@ across ranks through one all-reduce, so a step-capped run gives the same artifac
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from contextlib import nullcontext
@@ -26,8 +25,7 @@ from pipeline.store import Layout, open_store
 from workers.artifact import export_artifact, provenance, sha256
 from workers.checkpoint import restore_checkpoint, save_checkpoint
 from workers.data import TokenStream
-from workers.device import select_device
-from workers.group import APP_ERRORS, Group
+from workers.group import APP_ERRORS, Group, record_error, weights_digest
 from workers.model import GPT, count_parameters
 from workers.optim import Muon
 
@@ -88,14 +86,6 @@ def agreed(progress: float, checkpoint: bool, group: Group) -> tuple[float, bool
     t = torch.tensor([progress, float(checkpoint)], dtype=torch.float64, device=group.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return float(t[0]), bool(t[1] > 0)
-
-
-def params_digest(model: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def train(spec: CampaignSpec, seed: int, store_uri: str, group: Group, context: dict[str, Any]) -> dict[str, Any]:
@@ -166,7 +156,7 @@ def train(spec: CampaignSpec, seed: int, store_uri: str, group: Group, context: 
         raise FloatingPointError(f"seed {seed}: training loss is {loss_sum} at step {step}")
 
     # Every rank must hold the same weights; check it rather than trust it.
-    digest = params_digest(model)
+    digest = weights_digest(sorted(model.state_dict().items()))
     digests = group.all_gather(digest)
     summary = {
         "parameters": count_parameters(model),
@@ -228,18 +218,13 @@ def ray_train_loop(config: dict[str, Any]) -> None:
     import ray.train
 
     spec = CampaignSpec.model_validate(config["spec"])
-    ctx = ray.train.get_context()
-    device = select_device(spec.cluster.accelerator, ctx.get_local_rank(), spec.cluster.cpu_threads)
-    group = Group(ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank(), device)
+    group = Group.of_ray_train(spec.cluster)
     try:
         summary = train(spec, config["seed"], config["store_uri"], group, config.get("context", {}))
     except APP_ERRORS as e:
         # A real error of the run (bad input, artifact too large): restarting the group would only
         # repeat it, so record it for the driver (which marks the unit FAILED) and end normally.
         # Errors from a dead peer (RuntimeError from the collective) propagate: Ray Train restarts.
-        open_store(config["store_uri"]).put_json(
-            Layout(spec.name).train_error(config["seed"]),
-            {"version": 1, "rank": group.rank, "error": f"{type(e).__name__}: {e}"},
-        )
+        record_error(open_store(config["store_uri"]), Layout(spec.name).train_error(config["seed"]), group.rank, e)
         summary = {}
     ray.train.report({k: v for k, v in summary.items() if isinstance(v, (int, float, bool))})

@@ -26,7 +26,7 @@ import torch
 
 from pipeline.spec import TTTPass
 from pipeline.store import Layout, Store
-from workers.group import Group
+from workers.group import Group, weights_digest
 from workers.model import GPT
 from workers.optim import Muon
 
@@ -106,13 +106,6 @@ class ChunkTrainer:
 
     # --- checkpoints -----------------------------------------------------------------------
 
-    def params_digest(self) -> str:
-        h = hashlib.sha256()
-        for n, t in self.params:
-            h.update(n.encode())
-            h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-        return h.hexdigest()
-
     def local_opt_state(self) -> list[dict]:
         return [_to_cpu(o.state_dict()) for o in self.opts]
 
@@ -147,7 +140,7 @@ def save_state(store: Store, layout: Layout, seed: int, recipe: str, shard: int,
     """Collective: rank 0 writes state-<next_chunk> (the weights, every rank's optimizer state),
     then drops older states: one checkpoint is enough to resume. The ranks' weights must agree."""
     group = trainer.group
-    digests = group.all_gather(trainer.params_digest())
+    digests = group.all_gather(weights_digest(trainer.params))
     if len(set(digests)) != 1:
         raise FloatingPointError(f"ttt: the {group.world} ranks' weights differ before chunk {next_chunk}")
     opts = group.gather(trainer.local_opt_state())

@@ -14,7 +14,6 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import pytest
 import yaml
 
 from pipeline.driver import Driver
@@ -52,6 +51,16 @@ def assert_done_units_never_restarted(spec):
         elif e.get("state") == "DONE":
             seen_done.add(e["unit"])
     return runs
+
+
+def assert_same_result(spec, recipe, expected):
+    got = open_store(spec.store).get_json(Layout(spec.name).result(1, recipe))
+    for k in ("val_bpb", "nll_sum", "tokens", "bytes", "windows", "batches"):
+        assert got[k] == expected[k], k
+
+
+def unit_states(spec, unit):
+    return [e["state"] for e in events(spec) if e.get("unit") == unit and e["event"] == "state"]
 
 
 def node_by_id(cluster, node_id):
@@ -100,13 +109,10 @@ def test_node_dies_under_an_eval_shard(ray_cluster, data_dir, tmp_path):
     report = bg.join()
 
     assert not report.failed
-    got = store.get_json(layout.result(1, "slot"))
-    for k in ("val_bpb", "nll_sum", "tokens", "bytes", "windows", "batches"):
-        assert got[k] == expected[k], k
+    assert_same_result(spec, "slot", expected)
     runs = assert_done_units_never_restarted(spec)
     assert runs["eval/1/slot/0"] == 2
-    states = [e["state"] for e in events(spec) if e.get("unit") == "eval/1/slot/0" and e["event"] == "state"]
-    assert states == ["RUNNING", "INTERRUPTED", "PENDING", "RUNNING", "DONE"]
+    assert unit_states(spec, "eval/1/slot/0") == ["RUNNING", "INTERRUPTED", "PENDING", "RUNNING", "DONE"]
     again = [e for e in events(spec) if e["event"] == "placed" and e["unit"] == "eval/1/slot/0" and e["time"] > removed_at]
     assert again and again[0]["node_id"] != placed["node_id"]
     done = store.get_json(layout.shard_done(1, "slot", 0))
@@ -138,11 +144,8 @@ def test_node_dies_under_a_ttt_group(ray_cluster, data_dir, tmp_path):
     report = bg.join()
 
     assert not report.failed
-    got = store.get_json(layout.result(1, "ttt"))
-    for k in ("val_bpb", "nll_sum", "tokens", "bytes", "windows", "batches"):
-        assert got[k] == expected[k], k
-    states = [e["state"] for e in events(spec) if e.get("unit") == "eval/1/ttt/0" and e["event"] == "state"]
-    assert states == ["RUNNING", "INTERRUPTED", "PENDING", "RUNNING", "DONE"]
+    assert_same_result(spec, "ttt", expected)
+    assert unit_states(spec, "eval/1/ttt/0") == ["RUNNING", "INTERRUPTED", "PENDING", "RUNNING", "DONE"]
     again = [e for e in events(spec) if e["event"] == "placed" and e["unit"] == "eval/1/ttt/0" and e["time"] > removed_at]
     assert sorted(e["rank"] for e in again) == [0, 1] and victim not in {e["node_id"] for e in again}
     print(f"ttt group: running again {max(e['time'] for e in again) - removed_at:.1f}s after the node was removed")
