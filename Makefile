@@ -1,6 +1,6 @@
 # `make demo` and `make test` each create .venv when missing and install what they need.
 # torch goes in first and pinned here (TORCH=...), so pip never swaps it for a multi-GB CUDA build;
-# pyproject only says torch>=2.4 for GPU pods.
+# pyproject only says torch>=2.5 (SDPA enable_gqa) for GPU pods.
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
 VENV := .venv

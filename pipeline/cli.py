@@ -1,7 +1,8 @@
 """`pipeline` command line: run a campaign, run one eval, validate a spec, prepare data.
 
-Errors a user can fix (bad spec, missing file, changed campaign) print one line naming the file or
-field and exit with status 2; a campaign with failed units exits with status 1.
+Errors a user can fix (bad spec, missing file, bad store, changed campaign, a campaign another live
+driver holds) print one line naming the file, field or holder and exit with status 2; a campaign
+with failed units, or with units left PENDING after waiting in vain for GPUs, exits with status 1.
 """
 
 from __future__ import annotations
@@ -33,6 +34,25 @@ def _connect_ray(spec, address: str | None, worker_logs: bool) -> None:
         )
 
 
+# Ray's job supervisor sets this in the environment of a job's entrypoint, and only there (Ray 2.60,
+# ray/dashboard/modules/job/job_supervisor.py: JSON of the job's runtime_env and metadata, whose
+# job_submission_id names the job). There is no RAY_JOB_SUBMISSION_ID.
+RAY_JOB_ENV_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def _check_store_outlives_job(raw_store: str, source: str) -> None:
+    """Under `ray job submit` the entrypoint's cwd is the job's unpacked working_dir, a temporary
+    folder in the Ray session: a relative local store would be written there and lost."""
+    if RAY_JOB_ENV_VAR not in os.environ or raw_store.startswith("s3://"):
+        return
+    path = raw_store[len("file://") :] if raw_store.startswith("file://") else raw_store
+    if "://" not in path and not Path(path).expanduser().is_absolute():
+        raise ValueError(
+            f"{source}: store: {raw_store} is relative; under a Ray job it would live in the job's "
+            "temporary working dir and vanish: use an absolute path or s3://"
+        )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -40,12 +60,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.spec import load_spec
     from pipeline.store import open_store
     from pipeline.summary import build_summary, render_table, write_summary
+    from workers.data import check_eval_inputs
 
     console = Console(highlight=False)
-    spec = resolve_paths(load_spec(args.spec))
+    spec = load_spec(args.spec)
+    _check_store_outlives_job(spec.store, args.spec)
+    spec = resolve_paths(spec)
     for path, what in ((spec.data.shards, "data.shards"), (spec.data.tokenizer, "data.tokenizer")):
         if "://" not in path and not Path(path).exists():
             raise FileNotFoundError(f"{args.spec}: {what}: {path} does not exist")
+    open_store(spec.store).check()  # a bad store, data or tokenizer is one line, before anything is written
+    check_eval_inputs(spec, spec.model.vocab_size, f"{args.spec}: model.vocab_size")
     timings: dict = {}
 
     def connect() -> None:
@@ -54,40 +79,89 @@ def cmd_run(args: argparse.Namespace) -> int:
         timings["ray_init_s"] = time.perf_counter() - t0
 
     console.print(f"campaign [bold]{spec.name}[/]: {len(spec.seeds)} seed(s) × train + {len(spec.evals)} eval(s), store {spec.store}")
-    report = Driver(spec, log=console.print, connect=connect).run()
+    report = Driver(spec, log=console.print, connect=connect, take_over=args.take_over).run()
     timings.update(run_wall_s=report.wall_s, units_s=report.durations)
     summary = build_summary(spec, open_store(spec.store), timings)
     out = write_summary(summary, args.results_dir or spec.results_dir)
     console.print(render_table(summary))
     console.print(f"ran {len(report.done)} unit(s), skipped {len(report.skipped)} already DONE, in {report.wall_s:.1f}s; summary: {out}")
-    if report.failed or report.blocked:
-        for u, msg in report.failed.items():
-            console.print(f"[red]FAILED[/] {u}: {msg}")
-        for u in report.blocked:
-            console.print(f"[yellow]not run[/] {u}: its training did not finish")
+    for u, msg in report.failed.items():
+        console.print(f"[red]FAILED[/] {u}: {msg}")
+    for what in report.waiting.values():
+        console.print(f"[yellow]PENDING[/] {what}: gave up waiting; run again when the cluster has them")
+    for u in report.blocked:
+        console.print(f"[yellow]not run[/] {u}: its training did not finish")
+    if report.lease_lost:
+        console.print(f"[red]stopped[/]: the campaign was taken over by {report.lease_lost}")
+    if report.failed or report.blocked or report.waiting or report.lease_lost:
         return 1
     return 0
 
 
+def _check_eval_unit(args: argparse.Namespace, spec) -> None:
+    """Everything `pipeline eval` was asked, checked before its first write to the store: the seed and
+    recipe are the spec's, the store answers, the seed's model is trained, the val shards, tokenizer
+    and model agree (workers.data.check_eval_inputs), and --shard is one of the plan's shards (the
+    stored plan's, or the one this command would write)."""
+    from pipeline.store import Layout, open_store
+    from workers.data import check_eval_inputs
+    from workers.plan import make_plan, plan_geometry
+
+    if args.seed not in spec.seeds:
+        raise ValueError(f"{args.spec}: seeds: --seed {args.seed} is not one of the campaign's seeds {spec.seeds}")
+    if args.recipe not in {e.name for e in spec.evals}:
+        raise ValueError(f"{args.spec}: evals: no eval recipe named {args.recipe!r}")
+    if args.shard is not None and args.shard < 0:
+        raise ValueError(f"--shard {args.shard}: must be >= 0")
+    for path, what in ((spec.data.shards, "data.shards"), (spec.data.tokenizer, "data.tokenizer")):
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{args.spec}: {what}: {path} does not exist")
+    store, layout = open_store(spec.store), Layout(spec.name)
+    store.check()
+    manifest = layout.manifest(args.seed)
+    if not store.exists(manifest):
+        raise ValueError(f"{store.uri}/{manifest}: not found: seed {args.seed} has no trained model (`pipeline run {args.spec}` trains it)")
+    vocab = (store.get_json(manifest).get("config") or {}).get("vocab_size", spec.model.vocab_size)
+    check_eval_inputs(spec, vocab, f"seed {args.seed}'s model vocab_size")
+    if args.shard is not None:
+        recipe, key = spec.eval_recipe(args.recipe), layout.plan(args.seed, args.recipe)
+        if store.exists(key):
+            n, where = len(store.get_json(key).get("shards") or []), f"{store.uri}/{key}"
+        else:  # what run_shard would plan (default_shards 1): recipe.shards, at most one per batch; TTT: 1
+            n, where = len(make_plan(args.seed, recipe, *plan_geometry(spec, recipe), recipe.shards or 1)["shards"]), "the plan it would write (evals.shards)"
+        if args.shard >= n:
+            raise ValueError(f"--shard {args.shard}: {args.recipe}: {where} has {n} shard(s), 0 to {n - 1}")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     """One eval unit in this process, no Ray: resumes from the store like a Ray task would."""
+    from pipeline.campaign import check_campaign
     from pipeline.driver import resolve_paths
+    from pipeline.lease import Lease
     from pipeline.spec import load_spec
     from pipeline.store import Layout, open_store
     from workers.evaluate import run_eval, run_shard
     from workers.result import merge_result
 
     spec = resolve_paths(load_spec(args.spec))
-    if args.recipe not in {e.name for e in spec.evals}:
-        raise ValueError(f"{args.spec}: no eval recipe named {args.recipe!r}")
-    if args.shard is None:
-        r = run_eval(spec, args.seed, args.recipe, spec.store)
-    else:
-        run_shard(spec, args.seed, args.recipe, spec.store, args.shard)
-        r = merge_result(open_store(spec.store), Layout(spec.name), args.seed, spec.eval_recipe(args.recipe))
-        if r is None:
-            print(f"seed {args.seed} {args.recipe}: shard {args.shard} done; other shards are still missing")
-            return 0
+    _check_eval_unit(args, spec)
+    store, layout = open_store(spec.store), Layout(spec.name)
+    check_campaign(spec, store)  # an eval under a changed spec must not write into the old campaign
+    # One `pipeline eval` per unit; a driver's attempts of the same unit may still run beside it
+    # (attempts are fenced, so any mix of them gives the same number).
+    where = layout.eval_dir(args.seed, args.recipe) if args.shard is None else layout.shard_dir(args.seed, args.recipe, args.shard)
+    unit = f"eval seed {args.seed} {args.recipe}" + ("" if args.shard is None else f" shard {args.shard}")
+    with Lease(store, f"{where}/lease", f"{unit} in {store.uri}", "pipeline eval") as lease:
+        lease.acquire(args.take_over)
+        lease.start_heartbeat()
+        if args.shard is None:
+            r = run_eval(spec, args.seed, args.recipe, spec.store)
+        else:
+            run_shard(spec, args.seed, args.recipe, spec.store, args.shard)
+            r = merge_result(store, layout, args.seed, spec.eval_recipe(args.recipe))
+            if r is None:
+                print(f"seed {args.seed} {args.recipe}: shard {args.shard} done; other shards are still missing")
+                return 0
     run = r["run"]
     print(
         f"seed {args.seed} {args.recipe}: val_bpb {r['val_bpb']:.8f} val_loss {r['val_loss']:.8f} "
@@ -133,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--address", help="Ray address (default: RAY_ADDRESS, cluster.address, or a local instance)")
     r.add_argument("--results-dir", help="override the spec's results_dir")
     r.add_argument("--worker-logs", action="store_true", help="stream Ray worker logs to this terminal")
+    r.add_argument("--take-over", action="store_true", help="take the campaign from a driver whose lease has expired")
     r.set_defaults(func=cmd_run)
 
     e = sub.add_parser("eval", help="run or resume one eval unit in this process (no Ray)")
@@ -140,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, required=True)
     e.add_argument("--recipe", required=True)
     e.add_argument("--shard", type=int, help="only this shard of the plan (default: every shard, in turn)")
+    e.add_argument("--take-over", action="store_true", help="take the unit from a `pipeline eval` whose lease has expired")
     e.set_defaults(func=cmd_eval)
 
     v = sub.add_parser("validate", help="check a campaign file")
@@ -161,14 +237,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.driver import CampaignChanged
+    from pipeline.campaign import CampaignChanged
+    from pipeline.lease import LeaseHeld
     from pipeline.spec import SpecError
     from pipeline.store import StoreError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (SpecError, CampaignChanged, StoreError, FileNotFoundError, ValueError) as e:
+    except (SpecError, CampaignChanged, LeaseHeld, StoreError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

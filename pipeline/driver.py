@@ -5,6 +5,12 @@ Ray does the distributed work (placement, worker groups, process death); the dri
 zero-CPU Ray task so trains and evals are waited on alike), then its evals as `num_gpus=1` tasks.
 Training goes first; evals fill the GPU slots training does not need, so one seed's evals run
 while the next seed trains. Units whose commit object is already in the store are skipped.
+
+Three small policies make the decisions the loop acts on (README "Errors and retries", "Waiting
+for GPUs"): `pipeline.errors` classifies a failed attempt and says retry or fail, `CapacityWaits`
+says which units wait for GPUs the cluster does not have and when to stop waiting, and
+`pick_evals` says which evals to launch on the free GPUs. One lease per campaign keeps a second
+driver out.
 """
 
 from __future__ import annotations
@@ -13,66 +19,37 @@ import os
 import subprocess
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.campaign import CampaignChanged, check_campaign
+from pipeline.errors import Action, Failure, RetryPolicy, UnitError, classify
+from pipeline.lease import Lease
 from pipeline.ledger import Ledger
 from pipeline.spec import CampaignSpec
-from pipeline.store import Layout, Store, open_store
+from pipeline.store import Layout, Store, new_attempt_id, normalize_uri, open_store
 from pipeline.units import Unit, UnitState, UnitTracker
 
-CAMPAIGN_VERSION = 1
+__all__ = ["CampaignChanged", "Driver", "RunReport", "UnitError", "check_campaign", "pick_evals", "resolve_paths"]
 
-
-class CampaignChanged(RuntimeError):
-    """The store holds this campaign under another spec; resuming would mix results."""
-
-
-class UnitError(RuntimeError):
-    """An application error of a unit (bad input, a bug, a refused artifact): FAILED, not retried."""
-
-
-def _diff_paths(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            out += _diff_paths(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else str(k))
-        return out
-    return [] if a == b else [prefix or "<root>"]
-
-
-def check_campaign(spec: CampaignSpec, store: Store) -> bool:
-    """Write campaign.json on first run; on later runs refuse a spec whose results would differ.
-    Returns True when the campaign already existed."""
-    layout = Layout(spec.name)
-    if store.exists(layout.campaign_json):
-        old = store.get_json(layout.campaign_json)
-        if old.get("fingerprint") != spec.fingerprint():
-            changed = _diff_paths(old.get("spec", {}), spec.fingerprint_dict())
-            raise CampaignChanged(
-                f"campaign {spec.name!r} in {store.uri} was started with another spec "
-                f"(changed: {', '.join(changed) or 'format'}); use a new name or a new store"
-            )
-        return True
-    store.put_json(
-        layout.campaign_json,
-        {"version": CAMPAIGN_VERSION, "fingerprint": spec.fingerprint(), "spec": spec.fingerprint_dict()},
-    )
-    return False
+# Eval tasks keep their worker process across shards; Ray must then not narrow
+# CUDA_VISIBLE_DEVICES per task (workers/device.py cuda_index says why).
+EVAL_TASK_ENV = {"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"}
+TICK_S = 1.0  # how often the loop looks at the cluster when nothing finishes
 
 
 def resolve_paths(spec: CampaignSpec, base: Path | None = None) -> CampaignSpec:
-    """Make local paths absolute, so Ray workers (other cwd) see the same files."""
+    """Make local paths absolute, so Ray workers (other cwd) see the same files; one spelling per
+    store (`store`, `./store` and `file://store` are one place)."""
     base = base or Path.cwd()
 
     def absolute(p: str) -> str:
         return str((base / p).resolve()) if "://" not in p else p
 
     data = spec.data.model_copy(update={"shards": absolute(spec.data.shards), "tokenizer": absolute(spec.data.tokenizer)})
-    return spec.model_copy(update={"data": data, "store": absolute(spec.store)})
+    return spec.model_copy(update={"data": data, "store": normalize_uri(spec.store, base)})
 
 
 def git_commit() -> str | None:
@@ -84,16 +61,20 @@ def git_commit() -> str | None:
         return None
 
 
+def campaign_lease(store: Store, spec: CampaignSpec) -> Lease:
+    return Lease(store, Layout(spec.name).lease_dir, f"campaign {spec.name!r} in {store.uri}", "driver")
+
+
 # --- what runs on the cluster -----------------------------------------------------------------
 
 
 def _fit_group(
-    name: str, loop: Callable, config: dict, workers: int, gpus_per_worker: float, accelerator: str, max_failures: int,
-    store: Store, error_key: str,
+    name: str, loop: Callable, config: dict, workers: int, gpus_per_worker: float, accelerator: str, store: Store, error_key: str,
 ) -> None:
-    """A Ray Train worker group running `loop` (NCCL on cuda, gloo on cpu) until it ends. An
-    application error a rank recorded at `error_key` is raised as UnitError (FAILED, not retried);
-    the group giving up otherwise (TrainingFailedError) is a system failure the driver resumes."""
+    """A Ray Train worker group running `loop` (NCCL on cuda, gloo on cpu) until it ends; no
+    restarts inside (max_failures=0): a dead or failing rank ends the group at once and the
+    driver's retry policy decides what comes next. An application error a rank recorded at
+    `error_key` (this attempt's own key) is raised as UnitError (deterministic)."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -101,7 +82,6 @@ def _fit_group(
         if store.exists(error_key):
             raise UnitError(store.get_json(error_key)["error"]) from None
 
-    store.delete(error_key)  # a new attempt; the old error stays in the ledger
     use_gpu = gpus_per_worker > 0
     trainer = TorchTrainer(
         loop,
@@ -113,9 +93,9 @@ def _fit_group(
         ),
         torch_config=TorchConfig(backend="nccl" if accelerator == "cuda" else "gloo"),
         run_config=RunConfig(
-            name=f"{name}-{uuid.uuid4().hex[:6]}",
+            name=f"{name}-{config['attempt']}",
             storage_path=os.path.join(tempfile.gettempdir(), "pipeline-ray-train"),
-            failure_config=FailureConfig(max_failures=max_failures),
+            failure_config=FailureConfig(max_failures=0),
         ),
     )
     try:
@@ -128,40 +108,60 @@ def _fit_group(
         raise result.error
 
 
-def _train_unit(spec_json: dict, seed: int, store_uri: str, context: dict) -> dict:
-    """Runs in a zero-CPU Ray task: starts the seed's worker group and waits for it. Ray Train
-    restarts the group from its last checkpoint when a worker dies (train.max_failures)."""
-    from workers.train import ray_train_loop
-
-    spec = CampaignSpec.model_validate(spec_json)
-    store, layout = open_store(store_uri), Layout(spec.name)
-    t = spec.train
-    config = {"spec": spec_json, "seed": seed, "store_uri": store_uri, "context": context}
-    _fit_group(
-        f"{spec.name}-seed{seed}", ray_train_loop, config, t.world_size, t.gpus_per_worker, spec.cluster.accelerator,
-        t.max_failures, store, layout.train_error(seed),
-    )
-    return store.get_json(layout.manifest(seed))["train"]
-
-
-def _place(spec: CampaignSpec, store_uri: str, run_id: str, unit: Unit, **extra: Any) -> None:
+def _place(spec: CampaignSpec, store_uri: str, run_id: str, unit: Unit, attempt: str, **extra: Any) -> None:
     """The `placed` event of an attempt: node, GPUs and pid of this process."""
     import ray
 
     ctx = ray.get_runtime_context()
     Ledger(open_store(store_uri), Layout(spec.name), run_id).placed(
-        unit, node_id=ctx.get_node_id(), gpu_ids=[str(g) for g in ray.get_gpu_ids()], pid=os.getpid(), **extra
+        unit, attempt=attempt, node_id=ctx.get_node_id(), gpu_ids=[str(g) for g in ray.get_gpu_ids()], pid=os.getpid(), **extra
     )
 
 
-def _eval_unit(spec_json: dict, seed: int, recipe: str, store_uri: str, shard: int, run_id: str) -> dict:
-    """Runs in a num_gpus=1 Ray task: one eval shard, resumed from its segments."""
+def _train_group_loop(config: dict) -> None:
+    """One rank of a seed's training group (a Ray Train worker)."""
+    import ray.train
+
+    from workers.train import ray_train_loop
+
+    spec = CampaignSpec.model_validate(config["spec"])
+    rank = ray.train.get_context().get_world_rank()
+    _place(spec, config["store_uri"], config["run_id"], Unit.train(config["seed"]), config["attempt"], rank=rank)
+    ray_train_loop(config)
+
+
+def _train_unit(spec_json: dict, seed: int, store_uri: str, context: dict, run_id: str, attempt: str) -> dict:
+    """Runs in a zero-CPU Ray task: starts the seed's worker group and waits for it. A restarted
+    attempt resumes from the newest checkpoint in the store."""
+    spec = CampaignSpec.model_validate(spec_json)
+    store, layout = open_store(store_uri), Layout(spec.name)
+    t = spec.train
+    config = {"spec": spec_json, "seed": seed, "store_uri": store_uri, "context": context, "run_id": run_id, "attempt": attempt}
+    _fit_group(
+        f"{spec.name}-seed{seed}", _train_group_loop, config, t.world_size, t.gpus_per_worker, spec.cluster.accelerator,
+        store, layout.train_error(seed, attempt),
+    )
+    return store.get_json(layout.manifest(seed))["train"]
+
+
+def _eval_unit(spec_json: dict, seed: int, recipe: str, store_uri: str, shard: int, run_id: str, attempt: str) -> dict:
+    """Runs in a num_gpus=1 Ray task: one eval shard, resumed from its segments, on the GPU Ray
+    assigned to this task (the process may have run other shards on other GPUs before)."""
+    import ray
+
+    from workers.device import cuda_index
     from workers.evaluate import run_shard
+    from workers.group import Group
 
     spec = CampaignSpec.model_validate(spec_json)
-    _place(spec, store_uri, run_id, Unit.eval(seed, recipe, shard))
+    index = cuda_index([str(g) for g in ray.get_gpu_ids()], os.environ.get("CUDA_VISIBLE_DEVICES"))
+    group = Group.on(0, 1, index, spec.cluster)
+    _place(
+        spec, store_uri, run_id, Unit.eval(seed, recipe, shard), attempt, device=str(group.device), cuda_index=index,
+        cuda_visible=os.environ.get("CUDA_VISIBLE_DEVICES"),
+    )
     try:
-        return run_shard(spec, seed, recipe, store_uri, shard)
+        return run_shard(spec, seed, recipe, store_uri, shard, group=group, attempt=attempt)
     finally:
         import torch
 
@@ -175,32 +175,32 @@ def _eval_group_loop(config: dict) -> None:
     from workers.group import APP_ERRORS, Group, record_error
 
     spec = CampaignSpec.model_validate(config["spec"])
-    seed, recipe, shard, store_uri = config["seed"], config["recipe"], config["shard"], config["store_uri"]
+    seed, recipe, shard, store_uri, attempt = (config[k] for k in ("seed", "recipe", "shard", "store_uri", "attempt"))
     group = Group.of_ray_train(spec.cluster)
-    _place(spec, store_uri, config["run_id"], Unit.eval(seed, recipe, shard), rank=group.rank)
+    _place(spec, store_uri, config["run_id"], Unit.eval(seed, recipe, shard), attempt, rank=group.rank)
     try:
-        run_shard(spec, seed, recipe, store_uri, shard, group=group)
+        run_shard(spec, seed, recipe, store_uri, shard, group=group, attempt=attempt)
     except APP_ERRORS as e:
         # Recorded for the launcher, which marks the unit FAILED; raised so the group stops now
         # rather than leaving the other ranks waiting in a collective.
-        record_error(open_store(store_uri), Layout(spec.name).shard_error(seed, recipe, shard), group.rank, e)
+        record_error(open_store(store_uri), Layout(spec.name).shard_error(seed, recipe, shard, attempt), group.rank, e)
         raise
 
 
-def _eval_group_unit(spec_json: dict, seed: int, recipe: str, store_uri: str, shard: int, run_id: str) -> dict:
-    """Runs in a zero-CPU Ray task: a TTT unit as a worker group of ttt.gpus ranks. No restarts
-    inside: a dead rank ends the attempt and the driver resumes the unit from its saved state."""
+def _eval_group_unit(spec_json: dict, seed: int, recipe: str, store_uri: str, shard: int, run_id: str, attempt: str) -> dict:
+    """Runs in a zero-CPU Ray task: a TTT unit as a worker group of ttt.gpus ranks. A dead rank
+    ends the attempt and the driver resumes the unit from its saved state."""
     spec = CampaignSpec.model_validate(spec_json)
     store, layout = open_store(store_uri), Layout(spec.name)
-    config = {"spec": spec_json, "seed": seed, "recipe": recipe, "shard": shard, "store_uri": store_uri, "run_id": run_id}
+    config = {"spec": spec_json, "seed": seed, "recipe": recipe, "shard": shard, "store_uri": store_uri, "run_id": run_id, "attempt": attempt}
     _fit_group(
         f"{spec.name}-seed{seed}-{recipe}", _eval_group_loop, config, spec.eval_recipe(recipe).gpus, 1,
-        spec.cluster.accelerator, 0, store, layout.shard_error(seed, recipe, shard),
+        spec.cluster.accelerator, store, layout.shard_error(seed, recipe, shard, attempt),
     )
     return store.get_json(layout.shard_done(seed, recipe, shard))
 
 
-# --- the scheduling loop ----------------------------------------------------------------------
+# --- policies ---------------------------------------------------------------------------------
 
 
 @dataclass
@@ -210,45 +210,68 @@ class RunReport:
     skipped: list[Unit] = field(default_factory=list)  # DONE before this run
     failed: dict[Unit, str] = field(default_factory=dict)
     blocked: list[Unit] = field(default_factory=list)  # could not run: their training failed
+    waiting: dict[str, str] = field(default_factory=dict)  # unit → what it waited for in vain (left PENDING)
+    lease_lost: str | None = None  # another driver took the campaign over mid-run
     durations: dict[str, float] = field(default_factory=dict)  # unit id → seconds, this run
     wall_s: float = 0.0
 
 
-def _is_system_failure(err: BaseException) -> bool:
-    """Node or process death (resume from the store) vs an error of the unit itself (FAILED).
-
-    A task that raised is an application error, except when what it raised is Ray Train giving
-    up on a worker group whose workers kept dying; Ray's own errors (worker crashed, node died,
-    actor died, object lost) are system failures."""
-    import ray.exceptions as rex
-    from ray.train import TrainingFailedError
-
-    if isinstance(err, rex.RayTaskError):
-        cause = getattr(err, "cause", None)
-        return isinstance(cause, TrainingFailedError)
-    return isinstance(err, rex.RayError)
-
-
-def pick_evals(pending: list[Unit], slots: Callable[[Unit], float], free: float, capacity: float, idle: bool) -> list[Unit]:
+def pick_evals(pending: list[Unit], slots: Callable[[Unit], float], free: float, capacity: float) -> list[Unit]:
     """Which pending eval units to launch now, given `free` GPUs of `capacity`.
 
     Largest first: multi-GPU TTT units are the long sequential ones, so they should start early.
     When the largest unit that fits the cluster does not fit the free GPUs, nothing smaller jumps
     ahead of it: GPUs gather for it as they free up instead of going to 1-GPU shards one by one,
-    which would starve it. A unit bigger than the whole cluster is submitted only when nothing
-    runs (Ray holds it until GPUs join, e.g. a cluster still scaling up)."""
+    which would starve it. A unit bigger than the whole cluster is never launched (it waits for
+    capacity, see CapacityWaits)."""
     out: list[Unit] = []
     for u in sorted(pending, key=lambda u: -slots(u)):
         need = slots(u)
         if need > capacity:
-            if idle and not out:
-                out.append(u)
             continue
         if need > free:
             break
         out.append(u)
         free -= need
     return out
+
+
+class CapacityWaits:
+    """Units that need more GPUs than the cluster has (a node left, a group bigger than the
+    pods): each waits at most `limit_s`, saying once a minute what it waits for; then the run
+    ends with it PENDING."""
+
+    def __init__(self, limit_s: float, log: Callable[[str], None], now: Callable[[], float] = time.monotonic):
+        self.limit_s, self.log, self.now = limit_s, log, now
+        self.since: dict[str, float] = {}
+        self.said: dict[str, float] = {}
+        self.what: dict[str, str] = {}
+
+    def waiting(self, key: str, need: float, capacity: float) -> bool:
+        """Record that `key` needs `need` GPUs now; True while it may still wait."""
+        t = self.now()
+        self.since.setdefault(key, t)
+        self.what[key] = f"{key} waits for {need:g} GPUs; the cluster has {capacity:g}"
+        if t - self.said.get(key, -1e18) >= 60:
+            left = self.limit_s - (t - self.since[key])
+            self.log(f"{self.what[key]} (giving up in {left:.0f} s)")
+            self.said[key] = t
+        return t - self.since[key] < self.limit_s
+
+    def satisfied(self, key: str) -> None:
+        self.since.pop(key, None)
+        self.said.pop(key, None)
+        self.what.pop(key, None)
+
+
+# --- the scheduling loop ----------------------------------------------------------------------
+
+
+@dataclass
+class Attempt:
+    unit: Unit
+    id: str
+    started: float
 
 
 class Driver:
@@ -260,6 +283,7 @@ class Driver:
         train_fn: Callable[..., dict] = _train_unit,
         eval_fn: Callable[..., dict] = _eval_unit,
         group_eval_fn: Callable[..., dict] = _eval_group_unit,
+        take_over: bool = False,
     ):
         """`connect` starts or joins Ray; it is called only when there is work to run, so a
         finished campaign re-runs (and reports) without a cluster. `train_fn` / `eval_fn` are what
@@ -267,25 +291,41 @@ class Driver:
         self.spec = spec
         self.connect = connect
         self.train_fn, self.eval_fn, self.group_eval_fn = train_fn, eval_fn, group_eval_fn
+        self.take_over = take_over
         self.store = open_store(spec.store)
         self.layout = Layout(spec.name)
         self.log = log
-        self.ledger = Ledger(self.store, self.layout, run_id=uuid.uuid4().hex[:12])
+        self.ledger = Ledger(self.store, self.layout, run_id=new_attempt_id())
         self.tracker = UnitTracker()
+        self.lease = campaign_lease(self.store, spec)
+        self.waits = CapacityWaits(spec.cluster.wait_for_capacity_s, log)
+        self.failures: dict[Unit, list[Failure]] = {}
+        self.not_before: dict[Unit, float] = {}  # retry backoff
+        self.avoid: dict[Unit, tuple[str, ...]] = {}  # nodes a retry should stay off
+        self.unplanned: list[int] = []  # seeds whose training is done but whose evals are not planned
 
     def _capacity(self) -> float:
         import ray
 
         return float(ray.cluster_resources().get("GPU", 0.0))
 
-    def _add_evals(self, seed: int, report: RunReport, default_shards: int) -> None:
-        """Plan the seed's evals (plan.json, written once) and track one unit per shard."""
-        from workers.plan import ensure_plan  # data-plane imports (torch) only when there is work
+    def _slots(self, u: Unit) -> float:
+        t = self.spec.train
+        return t.world_size * t.gpus_per_worker if u.kind == "train" else self.spec.eval_recipe(u.recipe).gpus
+
+    def _policy(self, u: Unit) -> RetryPolicy:
+        c = self.spec.cluster
+        return RetryPolicy(self.spec.train.max_failures if u.kind == "train" else c.max_interruptions, c.retry_backoff_s)
+
+    def _plan_evals(self, seed: int, report: RunReport, capacity: float) -> None:
+        """Plan the seed's evals (plan.json, written once) and track one unit per shard. The shard
+        count follows the cluster's GPUs now, not when the driver started."""
+        from workers.plan import ensure_plan  # data-plane imports only when there is work
 
         for recipe in self.spec.evals:
             if self.store.exists(self.layout.result(seed, recipe.name)):
                 continue
-            plan = ensure_plan(self.store, self.spec, seed, recipe, default_shards)
+            plan = ensure_plan(self.store, self.spec, seed, recipe, max(1, int(capacity)))
             for k in range(len(plan["shards"])):
                 u = Unit.eval(seed, recipe.name, k)
                 done = self.store.exists(u.commit_key(self.layout))
@@ -300,140 +340,217 @@ class Driver:
             from workers.result import merge_result  # numpy only: the driver never imports torch for this
 
             r = merge_result(self.store, self.layout, seed, self.spec.eval_recipe(recipe))
-            self.log(f"result seed {seed} {recipe}: val_bpb {r['val_bpb']:.6f} ({r['shards']} shard(s))")
+            note = f"; {len(r['conflicts'])} batch(es) scored differently by two attempts" if r.get("conflicts") else ""
+            self.log(f"result seed {seed} {recipe}: val_bpb {r['val_bpb']:.6f} ({r['shards']} shard(s)){note}")
 
     def run(self) -> RunReport:
+        t_start = time.perf_counter()
+        report = RunReport(self.spec)
+        spec, layout = self.spec, self.layout
+        self.store.clean_tmp(layout.root)  # what interrupted writes of an earlier run left
+        evals_left = {s: [e for e in spec.evals if not self.store.exists(layout.result(s, e.name))] for s in spec.seeds}
+        trains_left = [s for s in spec.seeds if not self.store.exists(Unit.train(s).commit_key(layout))]
+        if not trains_left and not any(evals_left.values()):
+            check_campaign(spec, self.store)
+            report.skipped = [Unit.train(s) for s in spec.seeds] + [Unit.eval(s, e.name) for s in spec.seeds for e in spec.evals]
+            self.log(f"every unit is already DONE in {self.store.uri}")
+            return report
+        check_campaign(spec, self.store)
+        replaced = self.lease.acquire(self.take_over)
+        if replaced is not None and not replaced.released:
+            self.log(f"took the campaign over from {replaced.describe(time.time())}")
+        self.lease.start_heartbeat()
+        try:
+            self._run(report, evals_left)
+        finally:
+            self.lease.release()
+        report.wall_s = time.perf_counter() - t_start
+        return report
+
+    def _run(self, report: RunReport, evals_left: dict[int, list]) -> None:
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        t_start = time.perf_counter()
-        report = RunReport(self.spec)
-        check_campaign(self.spec, self.store)
-        layout, spec = self.layout, self.spec
-        evals_left = {s: [e for e in spec.evals if not self.store.exists(layout.result(s, e.name))] for s in spec.seeds}
+        spec, layout = self.spec, self.layout
         for seed in spec.seeds:
             u = Unit.train(seed)
             done = self.store.exists(u.commit_key(layout))
             self.tracker.add(u, UnitState.DONE if done else UnitState.PENDING)
             if done:
                 report.skipped.append(u)
+                self.unplanned.append(seed)
             report.skipped += [Unit.eval(seed, e.name) for e in spec.evals if e not in evals_left[seed]]
-        if not self.tracker.in_state(UnitState.PENDING) and not any(evals_left.values()):
-            self.log(f"every unit is already DONE in {self.store.uri}")
-            return report
         if self.connect is not None:
             self.connect()
         capacity = self._capacity()
-        default_shards = max(1, int(capacity))
-        for seed in spec.seeds:
-            if self.tracker.state(Unit.train(seed)) == UnitState.DONE:
-                self._add_evals(seed, report, default_shards)
-        if report.skipped:
-            self.log(f"skipping {len(report.skipped)} unit(s) already DONE in {self.store.uri}")
 
         spec_json = spec.model_dump(mode="json")
         context = {"git_commit": git_commit(), "spec_fingerprint": spec.fingerprint()}
         # The launcher of a worker group stays on the driver's node, so losing a GPU node costs the
-        # group its workers (Ray Train restarts them) but never the launcher itself.
+        # group its workers but never the launcher itself.
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
         train_remote = ray.remote(num_cpus=0, max_retries=0, scheduling_strategy=here)(self.train_fn)
         # max_calls=0: reuse eval worker processes across shards (Ray's default for GPU tasks is a
-        # fresh process each time, which re-imports torch and re-creates the CUDA context per shard).
-        eval_remote = ray.remote(max_retries=0, max_calls=0)(self.eval_fn)
+        # fresh process each time, which re-imports torch and re-creates the CUDA context per
+        # shard); EVAL_TASK_ENV keeps each task on the GPU Ray assigned to it.
+        eval_remote = ray.remote(max_retries=0, max_calls=0, runtime_env={"env_vars": EVAL_TASK_ENV})(self.eval_fn)
         group_remote = ray.remote(num_cpus=0, max_retries=0, scheduling_strategy=here)(self.group_eval_fn)
-        t = spec.train
-        train_slots = t.world_size * t.gpus_per_worker
-        if train_slots > capacity and self.tracker.in_state(UnitState.PENDING):
-            self.log(f"warning: a training group needs {train_slots:g} GPU slots, the cluster has {capacity:g} now")
-        for e in spec.evals:
-            if e.gpus > capacity and any(evals_left.values()):
-                self.log(f"warning: eval {e.name} needs {e.gpus} GPUs at once (ttt.gpus), the cluster has {capacity:g} now")
+        running: dict[Any, Attempt] = {}
 
-        def slots(u: Unit) -> float:
-            return train_slots if u.kind == "train" else spec.eval_recipe(u.recipe).gpus
-
-        running: dict[Any, tuple[Unit, float]] = {}
-        interruptions: dict[Unit, int] = {}
-        to_merge: list[tuple[int, str]] = []  # (seed, recipe) whose shard just finished
-        train_busy = 0.0
+        def elsewhere(u: Unit):
+            """A soft affinity to an alive GPU node the unit has not failed on, if there is one."""
+            avoid = set(self.avoid.get(u, ()))
+            if not avoid:
+                return None
+            for n in ray.nodes():
+                if n["Alive"] and n["NodeID"] not in avoid and n["Resources"].get("GPU", 0) >= self._slots(u):
+                    return NodeAffinitySchedulingStrategy(n["NodeID"], soft=True)
+            return None
 
         def launch(u: Unit) -> None:
-            nonlocal train_busy
-            args = (spec_json, u.seed, u.recipe, spec.store, u.shard, self.ledger.run_id)
+            attempt = new_attempt_id()
             if u.kind == "train":
-                ref = train_remote.remote(spec_json, u.seed, spec.store, context)
-                train_busy += train_slots
-            elif slots(u) > 1:
-                ref = group_remote.remote(*args)
+                ref = train_remote.remote(spec_json, u.seed, spec.store, context, self.ledger.run_id, attempt)
             else:
-                ref = eval_remote.options(num_gpus=1).remote(*args)
+                args = (spec_json, u.seed, u.recipe, spec.store, u.shard, self.ledger.run_id, attempt)
+                if self._slots(u) > 1:
+                    ref = group_remote.remote(*args)
+                else:
+                    strategy = elsewhere(u)
+                    opts = {"num_gpus": 1, **({"scheduling_strategy": strategy} if strategy else {})}
+                    ref = eval_remote.options(**opts).remote(*args)
             self.tracker.move(u, UnitState.RUNNING)
-            self.ledger.record(u, UnitState.RUNNING, attempt=interruptions.get(u, 0) + 1)
-            running[ref] = (u, time.perf_counter())
+            self.ledger.record(u, UnitState.RUNNING, attempt=attempt, n=len(self.failures.get(u, [])) + 1)
+            running[ref] = Attempt(u, attempt, time.perf_counter())
             self.log(f"start  {u}")
 
-        while True:
-            pending = self.tracker.in_state(UnitState.PENDING)
-            # Trains first, in seed order, as many groups as fit (Ray queues one that does not
-            # until its GPUs are free).
-            for u in (u for u in pending if u.kind == "train"):
-                if train_busy == 0 or train_busy + train_slots <= capacity:
+        to_merge: list[tuple[int, str]] = []  # (seed, recipe) whose shard just finished
+        while not self.lease.lost.is_set():
+            now = time.monotonic()
+            # Evals are planned once the cluster has GPUs to shard them over.
+            if self.unplanned and capacity > 0:
+                for seed in self.unplanned:
+                    self._plan_evals(seed, report, capacity)
+                self.unplanned.clear()
+            pending = [u for u in self.tracker.in_state(UnitState.PENDING) if self.not_before.get(u, 0) <= now]
+            busy = {"train": 0.0, "eval": 0.0}
+            for att in running.values():
+                busy[att.unit.kind] += self._slots(att.unit)
+            # Trains first, in seed order, as many groups as fit.
+            for u in (u for u in pending if u.kind == "train" and self._slots(u) <= capacity):
+                if busy["train"] == 0 or busy["train"] + self._slots(u) <= capacity:
                     launch(u)
+                    busy["train"] += self._slots(u)
             # Eval units fill whatever training leaves free.
-            eval_busy = sum(slots(u) for u, _ in running.values() if u.kind == "eval")
-            free = max(capacity - train_busy - eval_busy, 0)
-            for u in pick_evals([u for u in pending if u.kind == "eval"], slots, free, capacity, idle=not running):
+            free = max(capacity - busy["train"] - busy["eval"], 0)
+            for u in pick_evals([u for u in pending if u.kind == "eval"], self._slots, free, capacity):
                 launch(u)
             # Bookkeeping only once the GPUs have their next work, so they never wait on it.
             for seed, recipe in to_merge:
                 self._merge_if_complete(seed, recipe)
             to_merge.clear()
-            if not running:
+            if not self._keep_waiting(running, capacity, report):
                 break
-            ready, _ = ray.wait(list(running), num_returns=1)
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=TICK_S) if running else ([], [])
+            if not running:
+                time.sleep(TICK_S)
             capacity = self._capacity()  # nodes come and go (a pod dies, a replacement joins)
-            ref = ready[0]
-            u, t0 = running.pop(ref)
-            if u.kind == "train":
-                train_busy -= train_slots
-            secs = time.perf_counter() - t0
+            if not ready:
+                continue
+            att = running.pop(ready[0])
+            u, secs = att.unit, time.perf_counter() - att.started
             try:
-                out = ray.get(ref)
+                out = ray.get(ready[0])
             except Exception as err:  # noqa: BLE001 - classified below, never swallowed
-                self._on_error(u, err, secs, interruptions, report)
+                self._on_error(att, err, secs, report)
                 continue
             self.tracker.move(u, UnitState.DONE)
-            self.ledger.record(u, UnitState.DONE, seconds=secs)
+            self.ledger.record(u, UnitState.DONE, attempt=att.id, seconds=secs)
             report.done.append(u)
             report.durations[u.id] = secs
             if u.kind == "train":
                 self.log(f"done   {u}  {secs:6.1f}s  {out.get('steps', '?')} steps")
-                self._add_evals(u.seed, report, default_shards)
+                self.unplanned.append(u.seed)
             else:
                 self.log(f"done   {u}  {secs:6.1f}s  {out['batches']} batches")
                 to_merge.append((u.seed, u.recipe))
-        report.blocked = self.tracker.in_state(UnitState.PENDING) + [
+        if self.lease.lost.is_set():
+            holder = self.lease.holder()
+            report.lease_lost = holder.describe(time.time()) if holder else "another driver"
+            self.log(f"the campaign was taken over by {report.lease_lost}; stopping (running attempts are fenced)")
+        report.blocked = [u for u in self.tracker.in_state(UnitState.PENDING) if u.id not in report.waiting] + [
             Unit.eval(s, e.name) for s in spec.seeds for e in evals_left[s]
-            if self.tracker.state(Unit.train(s)) != UnitState.DONE
+            if self.tracker.state(Unit.train(s)) != UnitState.DONE and s not in self.unplanned
         ]
-        report.wall_s = time.perf_counter() - t_start
-        return report
 
-    def _on_error(self, u: Unit, err: BaseException, secs: float, interruptions: dict[Unit, int], report: RunReport) -> None:
-        cause = getattr(err, "cause", None) or err
-        text = str(cause).strip()
-        msg = f"{type(cause).__name__}: {text.splitlines()[-1] if text else ''}"
-        if _is_system_failure(err):
-            interruptions[u] = interruptions.get(u, 0) + 1
-            if interruptions[u] <= self.spec.cluster.max_interruptions:
-                self.tracker.move(u, UnitState.INTERRUPTED)
-                self.ledger.record(u, UnitState.INTERRUPTED, seconds=secs, error=msg)
-                self.tracker.move(u, UnitState.PENDING)
-                self.ledger.record(u, UnitState.PENDING, reason="resume after interruption")
-                self.log(f"interrupted {u} ({msg}); resuming")
-                return
-            msg = f"interrupted {interruptions[u]} times, last: {msg}"
+    def _keep_waiting(self, running: dict[Any, Attempt], capacity: float, report: RunReport) -> bool:
+        """Whether the loop has anything left to wait for. Units the cluster cannot hold now (and
+        evals that cannot be planned on a cluster with no GPUs) wait for capacity, each for at
+        most wait_for_capacity_s; a running unit that lost its GPUs is cancelled when its wait
+        runs out (Ray would hold it forever). Units that waited in vain stay PENDING."""
+        import ray
+
+        launchable = still_waiting = False
+        for u in self.tracker.in_state(UnitState.PENDING):
+            if self._slots(u) <= capacity:
+                launchable = True  # now, or after its retry backoff
+                self.waits.satisfied(u.id)
+                report.waiting.pop(u.id, None)
+            elif self.waits.waiting(u.id, self._slots(u), capacity):
+                still_waiting = True
+            else:
+                report.waiting[u.id] = self.waits.what[u.id]
+        for seed in self.unplanned:
+            key = f"evals of seed {seed}"
+            if self.waits.waiting(key, 1, capacity):
+                still_waiting = True
+            else:
+                report.waiting[key] = self.waits.what[key]
+        for ref, att in list(running.items()):
+            if self._slots(att.unit) <= capacity:
+                self.waits.satisfied(att.unit.id)
+            elif not self.waits.waiting(att.unit.id, self._slots(att.unit), capacity):
+                ray.cancel(ref, force=True, recursive=True)
+                running.pop(ref)
+                what = report.waiting[att.unit.id] = self.waits.what[att.unit.id]
+                self.tracker.move(att.unit, UnitState.INTERRUPTED)
+                self.ledger.record(att.unit, UnitState.INTERRUPTED, attempt=att.id, error=what)
+                self.tracker.move(att.unit, UnitState.PENDING)
+                self.ledger.record(att.unit, UnitState.PENDING, reason="gave up waiting for capacity")
+        if running or launchable or still_waiting:
+            return True
+        for what in report.waiting.values():
+            self.log(f"gave up after {self.waits.limit_s:.0f} s: {what}; run again once the cluster has them")
+        return False
+
+    def _attempt_nodes(self, att: Attempt) -> tuple[set[str], set[str]]:
+        """(nodes the attempt ran on, of those the ones no longer alive): from its placed events."""
+        import ray
+
+        nodes = {
+            e["node_id"] for e in self.ledger.events()
+            if e.get("event") == "placed" and e.get("attempt") == att.id and e.get("node_id")
+        }
+        alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+        return nodes, nodes - alive
+
+    def _on_error(self, att: Attempt, err: BaseException, secs: float, report: RunReport) -> None:
+        u = att.unit
+        nodes, dead = self._attempt_nodes(att)
+        failure = classify(err, nodes, dead)
+        history = self.failures.setdefault(u, [])
+        decision = self._policy(u).decide(failure, history)
+        history.append(failure)
+        if decision.action is Action.RETRY:
+            self.tracker.move(u, UnitState.INTERRUPTED)
+            self.ledger.record(u, UnitState.INTERRUPTED, attempt=att.id, seconds=secs, **failure.as_dict())
+            self.tracker.move(u, UnitState.PENDING)
+            self.ledger.record(u, UnitState.PENDING, reason=decision.reason, delay_s=decision.delay_s)
+            self.not_before[u] = time.monotonic() + decision.delay_s
+            self.avoid[u] = decision.avoid_nodes
+            self.log(f"interrupted {u}: {decision.reason}; retrying in {decision.delay_s:.0f} s")
+            return
         self.tracker.move(u, UnitState.FAILED)
-        self.ledger.record(u, UnitState.FAILED, seconds=secs, error=msg)
-        report.failed[u] = msg
-        self.log(f"FAILED {u}: {msg}")
+        self.ledger.record(u, UnitState.FAILED, attempt=att.id, seconds=secs, reason=decision.reason, **failure.as_dict())
+        report.failed[u] = decision.reason
+        self.log(f"FAILED {u}: {decision.reason}")

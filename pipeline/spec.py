@@ -96,7 +96,11 @@ class TrainRecipe(_Strict):
     checkpoint_every_steps: int | None = Field(
         None, ge=1, description="also checkpoint every N steps (besides every checkpoint_every_s seconds)"
     )
-    max_failures: int = Field(3, ge=0, description="worker-group restarts (from the last checkpoint) after a worker or node dies")
+    max_failures: int = Field(
+        3, ge=0, description="transient failures (node death, NCCL timeout, S3 5xx, ...) retried per training unit, "
+        "each restart resuming from the last checkpoint (README: Errors and retries)"
+    )
+    keep_checkpoints: int = Field(2, ge=1, description="newest training checkpoints kept in the store while the seed trains")
 
     @model_validator(mode="after")
     def _batch(self) -> TrainRecipe:
@@ -230,7 +234,14 @@ class LocalCluster(_Strict):
 
 class ClusterSpec(_Strict):
     address: str | None = Field(None, description="Ray address; None = start a local instance (ray job submit sets RAY_ADDRESS)")
-    max_interruptions: int = Field(5, ge=0, description="times a unit is resumed after its node or worker died before it is FAILED")
+    max_interruptions: int = Field(
+        5, ge=0, description="transient failures (node death, preemption, S3 5xx, ...) retried per eval unit before it is FAILED"
+    )
+    retry_backoff_s: float = Field(5.0, ge=0, description="first retry delay after a transient failure; doubles per retry (at most 5 min)")
+    wait_for_capacity_s: float = Field(
+        900.0, gt=0, description="how long a unit waits for GPUs the cluster does not have (a node left) before the run "
+        "ends with it PENDING (a re-run picks it up)"
+    )
     accelerator: Literal["cuda", "cpu"] = Field("cuda", description="device the workers compute on")
     cpu_threads: int = Field(1, ge=1, description="torch threads per worker on CPU (fixed so results repeat bit for bit)")
     local: LocalCluster = LocalCluster()
@@ -275,7 +286,7 @@ class CampaignSpec(_Strict):
         d = self.model_dump(mode="json")
         for k in ("cluster", "store", "checkpoint_every_s", "results_dir"):
             d.pop(k)
-        for k in ("checkpoint_every_steps", "max_failures", "log_every"):
+        for k in ("checkpoint_every_steps", "max_failures", "log_every", "keep_checkpoints"):
             d["train"].pop(k)
         for e in d["evals"]:
             e.pop("shards")

@@ -13,6 +13,12 @@ from pipeline.spec import CampaignSpec, parse_spec
 TINY_MODEL = {"vocab_size": 512, "num_layers": 2, "model_dim": 64, "num_heads": 4, "num_kv_heads": 2, "mlp_mult": 2}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _digest_cache(tmp_path_factory):
+    """Data digests (pipeline/campaign.py) cached in the test session's temp dir, not ~/.cache."""
+    os.environ["PIPELINE_CACHE_DIR"] = str(tmp_path_factory.mktemp("digest-cache"))
+
+
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> Path:
     """~600 standard-library docstrings as a .jsonl corpus."""
@@ -52,7 +58,7 @@ def make_spec(data_dir: Path, store: str, **overrides) -> CampaignSpec:
         },
         "evals": [{"name": "sw", "seq_len": 64, "stride": 16, "batch_seqs": 8}],
         "checkpoint_every_s": 0.0001,
-        "cluster": {"accelerator": "cpu", "cpu_threads": 1, "local": {"num_cpus": 4, "num_gpus": 4}},
+        "cluster": {"accelerator": "cpu", "cpu_threads": 1, "retry_backoff_s": 0.2, "local": {"num_cpus": 4, "num_gpus": 4}},
     }
     for k, v in overrides.items():
         base[k] = {**base[k], **v} if isinstance(v, dict) and isinstance(base.get(k), dict) else v

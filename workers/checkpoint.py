@@ -1,9 +1,11 @@
-"""Training checkpoints in the store, so a worker group restarted by Ray Train resumes where it was.
+"""Training checkpoints in the store, so a restarted worker group resumes where it was.
 
-`train/ckpt/step-NNNNNNNN/`: `rank-R.pt` from every rank (rank 0: model, Adam states, EMA, log;
-every rank: its own Muon momentum, since Muon splits the matrices across ranks), then
-`commit.json` from rank 0 once all ranks have written: a checkpoint without it is ignored. Only the
-newest committed checkpoint is kept. Restoring needs the same world size, which Ray Train keeps.
+`train/ckpt/step-NNNNNNNN-<attempt>/`: `rank-R.pt` from every rank (rank 0: model, Adam states,
+EMA, log; every rank: its own Muon momentum, since Muon splits the matrices across ranks), then
+`commit.json` from rank 0 once all ranks have written: a checkpoint without it is ignored. The
+attempt id in the name keeps two live groups of one seed (a retry while the first still runs
+behind a partition) from writing into each other's checkpoint. The newest `keep_checkpoints`
+committed checkpoints are kept. Restoring needs the same world size.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch.distributed as dist
 from pipeline.store import Layout, Store
 
 CKPT_VERSION = 1
-_STEP_RE = re.compile(r"/ckpt/step-(\d+)/commit\.json$")
+_DIR_RE = re.compile(r"^(.*/ckpt/step-(\d+)(?:-[0-9a-f]+)?)/([^/]+)$")
 
 
 def _dump(obj: Any) -> bytes:
@@ -31,9 +33,11 @@ def _load(blob: bytes) -> Any:
     return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
 
 
-def save_checkpoint(store: Store, layout: Layout, seed: int, group, step: int, model, opts, ema, meta: dict) -> None:
+def save_checkpoint(
+    store: Store, layout: Layout, seed: int, group, step: int, model, opts, ema, meta: dict, attempt: str, keep: int
+) -> None:
     """Collective: every rank calls it at the same step."""
-    d = layout.train_ckpt(seed, step)
+    d = layout.train_ckpt(seed, step, attempt)
     muon = opts[1]
     own: dict[str, Any] = {"version": CKPT_VERSION, "muon": muon.state_dict()}
     if group.rank == 0:
@@ -42,36 +46,60 @@ def save_checkpoint(store: Store, layout: Layout, seed: int, group, step: int, m
             adam=[opts[0].state_dict(), opts[2].state_dict()],
             ema=ema,
         )
-    store.put(f"{d}/rank-{group.rank}.pt", _dump(own))
+    store.put_new(f"{d}/rank-{group.rank}.pt", _dump(own))
     if group.distributed:
         dist.barrier()
     if group.rank == 0:
-        store.put_json(f"{d}/commit.json", {"version": CKPT_VERSION, "step": step, "world_size": group.world, **meta})
-        for key in store.list(f"{layout.train_dir(seed)}/ckpt"):
-            m = re.search(r"/ckpt/step-(\d+)/", key)
-            if m and int(m.group(1)) < step:
-                store.delete(key)
+        store.put_new_json(f"{d}/commit.json", {"version": CKPT_VERSION, "step": step, "world_size": group.world, **meta})
+        prune_checkpoints(store, layout, seed, keep)
 
 
-def latest_checkpoint(store: Store, layout: Layout, seed: int) -> dict | None:
-    steps = []
+def _checkpoints(store: Store, layout: Layout, seed: int) -> tuple[list[tuple[int, str]], dict[str, list[str]]]:
+    """(committed (step, dir) newest first, every checkpoint dir → its keys)."""
+    files: dict[str, list[str]] = {}
+    committed = []
     for key in store.list(f"{layout.train_dir(seed)}/ckpt"):
-        m = _STEP_RE.search(key)
+        m = _DIR_RE.match(key)
         if m:
-            steps.append(int(m.group(1)))
-    return store.get_json(f"{layout.train_ckpt(seed, max(steps))}/commit.json") if steps else None
+            files.setdefault(m.group(1), []).append(key)
+            if m.group(3) == "commit.json":
+                committed.append((int(m.group(2)), m.group(1)))
+    return sorted(committed, reverse=True), files
+
+
+def prune_checkpoints(store: Store, layout: Layout, seed: int, keep: int) -> None:
+    """Keep the newest `keep` committed checkpoints; drop older ones, and uncommitted leftovers
+    of dead attempts older than the oldest kept one. keep = 0 drops them all (training is done)."""
+    committed, files = _checkpoints(store, layout, seed)
+    kept = {d for _, d in committed[:keep]}
+    oldest = committed[: keep][-1][0] if keep and committed else None
+    for d, keys in files.items():
+        step = int(_DIR_RE.match(keys[0]).group(2))
+        if d in kept or (oldest is not None and step >= oldest and d not in {c for _, c in committed}):
+            continue
+        for key in keys:
+            store.delete(key)
 
 
 def restore_checkpoint(store: Store, layout: Layout, seed: int, group, model, opts, ema) -> dict | None:
-    """Load the newest committed checkpoint into model/opts/ema; its commit meta, or None."""
-    meta = latest_checkpoint(store, layout, seed)
-    if meta is None:
+    """Load the newest complete committed checkpoint into model/opts/ema; its commit meta, or
+    None. Rank 0 chooses it, so the ranks never restore from two different steps."""
+    chosen = None
+    if group.rank == 0:
+        committed, files = _checkpoints(store, layout, seed)
+        for _, d in committed:
+            meta = store.get_json(f"{d}/commit.json")
+            if meta["world_size"] != group.world:
+                raise ValueError(f"seed {seed}: checkpoint at step {meta['step']} is for {meta['world_size']} workers, not {group.world}")
+            if all(f"{d}/rank-{r}.pt" in files[d] for r in range(group.world)):
+                chosen = d
+                break
+    chosen = group.broadcast(chosen)
+    if chosen is None:
         return None
-    if meta["world_size"] != group.world:
-        raise ValueError(f"seed {seed}: checkpoint at step {meta['step']} is for {meta['world_size']} workers, not {group.world}")
-    d = layout.train_ckpt(seed, meta["step"])
-    shared = _load(store.get(f"{d}/rank-0.pt"))
-    own = shared if group.rank == 0 else _load(store.get(f"{d}/rank-{group.rank}.pt"))
+    meta = store.get_json(f"{chosen}/commit.json")
+    shared = _load(store.get(f"{chosen}/rank-0.pt"))
+    own = shared if group.rank == 0 else _load(store.get(f"{chosen}/rank-{group.rank}.pt"))
     model.load_state_dict(shared["model"])
     opts[0].load_state_dict(shared["adam"][0])
     opts[2].load_state_dict(shared["adam"][1])

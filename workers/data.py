@@ -88,6 +88,34 @@ def load_val_tokens(shard_dir: str | Path, limit: int | None = None) -> np.ndarr
     return np.concatenate(parts)
 
 
+def check_eval_inputs(spec, model_vocab: int | None = None, model_name: str = "model.vocab_size") -> None:
+    """Refuse what an eval would get wrong or fail on half-way, as a one-line ValueError naming the
+    file: a val shard whose size does not match its header, a val token id the tokenizer does not
+    have (it would count 0 bytes and the bpb would be wrong), a model vocab (`model_vocab`, named
+    `model_name` in the message; None: not checked) smaller than the tokenizer's. A model vocab
+    larger than the tokenizer's (padded) is fine. Cheap: shard headers, the tokenizer, and the max
+    of the val tokens read once through a memmap."""
+    from workers.tokenizer import load_sp
+
+    tok = spec.data.tokenizer
+    try:
+        pieces = int(load_sp(tok).vocab_size())
+    except RuntimeError as e:  # sentencepiece: "INTERNAL: could not parse ModelProto from ..."
+        raise ValueError(f"{tok}: not a sentencepiece model ({' '.join(str(e).split())[:160]})") from None
+    if model_vocab is not None and model_vocab < pieces:
+        raise ValueError(
+            f"{model_name} {model_vocab} is smaller than tokenizer {tok} ({pieces} pieces): "
+            "the model cannot score every token"
+        )
+    for f in shard_files(spec.data.shards, "val"):
+        toks = read_shard(f)  # raises if the file's size does not match its header
+        top = int(toks.max()) if toks.size else -1
+        if top >= pieces:
+            raise ValueError(
+                f"{f}: val token id {top} is beyond tokenizer {tok} ({pieces} pieces): the tokenizer does not match the data"
+            )
+
+
 class TokenStream:
     """Train tokens in shard order, endlessly (wraps around). Deterministic: no shuffling."""
 

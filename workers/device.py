@@ -17,3 +17,20 @@ def select_device(accelerator: str, local_rank: int, cpu_threads: int) -> torch.
         return dev
     torch.set_num_threads(cpu_threads)
     return torch.device("cpu")
+
+
+def cuda_index(gpu_ids: list[str], visible: str | None) -> int:
+    """The torch device index of the GPU Ray assigned to this task.
+
+    Eval tasks reuse their worker processes and tell Ray not to narrow CUDA_VISIBLE_DEVICES per
+    task (RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES): a process keeps its first CUDA context,
+    so a narrowed mask would leave a later task computing on the first task's GPU. The process
+    sees the node's GPUs (its mask, if the node has one) and each task picks Ray's GPU by id."""
+    if not gpu_ids:
+        return 0
+    gid = str(gpu_ids[0])
+    if visible:
+        ids = [v.strip() for v in visible.split(",") if v.strip()]
+        if gid in ids:
+            return ids.index(gid)
+    return int(gid)

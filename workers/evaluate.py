@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from pipeline.spec import CampaignSpec, EvalRecipe
-from pipeline.store import Layout, Store, open_store
+from pipeline.store import Layout, Store, new_attempt_id, open_store
 from workers.artifact import load_artifact, sha256
 from workers.group import Group, spawn
-from workers.data import load_val_tokens, target_bytes, unigram_bpb
+from workers.data import check_eval_inputs, load_val_tokens, target_bytes, unigram_bpb
 from workers.model import GPT
 from workers.plan import ensure_plan
 from workers.scoring import SCORERS
@@ -49,10 +49,12 @@ class EvalContext:
 
 def load_model(store: Store, layout: Layout, seed: int, device: torch.device) -> tuple[GPT, str]:
     manifest = store.get_json(layout.manifest(seed))
-    blob = store.get(layout.artifact(seed))
+    # the artifact the manifest committed (attempts that lost the commit race left others beside it)
+    key = f"{layout.train_dir(seed)}/{manifest.get('artifact', 'model.int8.ptz')}"
+    blob = store.get(key)
     if sha256(blob) != manifest["sha256"]:
-        raise ValueError(f"{store.uri}/{layout.artifact(seed)}: sha256 does not match its manifest")
-    cfg, state = load_artifact(blob, layout.artifact(seed))
+        raise ValueError(f"{store.uri}/{key}: sha256 does not match its manifest")
+    cfg, state = load_artifact(blob, key)
     model = GPT(cfg)
     model.load_state_dict(state)
     model.requires_grad_(False)  # scoring never needs weight grads; TTT turns on what it trains
@@ -61,6 +63,7 @@ def load_model(store: Store, layout: Layout, seed: int, device: torch.device) ->
 
 def prepare_context(spec: CampaignSpec, seed: int, recipe: EvalRecipe, store: Store, device: torch.device) -> EvalContext:
     model, digest = load_model(store, Layout(spec.name), seed, device)
+    check_eval_inputs(spec, model.cfg.vocab_size, f"seed {seed}'s model vocab_size")
     val = load_val_tokens(spec.data.shards, spec.data.val_tokens)
     tables = byte_tables(load_sp(spec.data.tokenizer), model.cfg.vocab_size)
     if int(val.max()) >= model.cfg.vocab_size:
@@ -114,7 +117,7 @@ def _score(ctx, batches, records, writer: SegmentWriter | None, stats, group: Gr
                     writer.add(r)
 
 
-def _run_ttt(ctx, store, layout, seed, shard, every_s, records, writer, stats, group: Group) -> None:
+def _run_ttt(ctx, store, layout, seed, shard, every_s, records, writer, stats, group: Group, attempt: str) -> None:
     """Score-first over chunks: score chunk c (batches not yet recorded), then train on it; at a
     chunk boundary at least `every_s` after the last one (rank 0's clock), flush records and save
     the state."""
@@ -140,31 +143,36 @@ def _run_ttt(ctx, store, layout, seed, shard, every_s, records, writer, stats, g
             if writer is not None:
                 writer.flush()
             t = time.perf_counter()
-            save_state(store, layout, seed, ctx.recipe.name, shard, trainer, c + 1)
+            save_state(store, layout, seed, ctx.recipe.name, shard, trainer, c + 1, attempt)
             stats.flush_s += time.perf_counter() - t
             last_state = time.monotonic()
 
 
 def run_shard(
-    spec: CampaignSpec, seed: int, recipe_name: str, store_uri: str, shard: int, default_shards: int = 1, group: Group | None = None
+    spec: CampaignSpec, seed: int, recipe_name: str, store_uri: str, shard: int, default_shards: int = 1,
+    group: Group | None = None, attempt: str | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) one eval shard and commit its done.json. Returns that summary. With a
-    group (a TTT recipe on ttt.gpus GPUs), every rank calls this; rank 0 writes."""
+    group (a TTT recipe on ttt.gpus GPUs), every rank calls this; rank 0 writes. `attempt` names
+    this attempt's objects (a new id when None)."""
     recipe = spec.eval_recipe(recipe_name)
     store = open_store(store_uri)
     group = group or Group.on(0, 1, 0, spec.cluster)
+    ctx = prepare_context(spec, seed, recipe, store, group.device)  # every input checked before the first write
     plan = group.broadcast(ensure_plan(store, spec, seed, recipe, default_shards) if group.rank == 0 else None)
-    ctx = prepare_context(spec, seed, recipe, store, group.device)
-    return execute(ctx, store, Layout(spec.name), seed, shard, spec.checkpoint_every_s, plan, group)
+    return execute(ctx, store, Layout(spec.name), seed, shard, spec.checkpoint_every_s, plan, group, attempt)
 
 
 def execute(
-    ctx: EvalContext, store: Store, layout: Layout, seed: int, shard: int, every_s: float, plan: dict, group: Group | None = None
+    ctx: EvalContext, store: Store, layout: Layout, seed: int, shard: int, every_s: float, plan: dict,
+    group: Group | None = None, attempt: str | None = None,
 ) -> dict[str, Any]:
     """Resume from the store's segments (and TTT state), score this shard's missing batches in plan
-    order, commit the shard."""
+    order, commit the shard. Another attempt of the same shard may run at the same time: each
+    writes only objects named by its own attempt id, and done.json is create-only."""
     recipe = ctx.recipe
     group = group or Group(0, 1, 0, ctx.device)
+    attempt = group.broadcast(attempt or new_attempt_id())  # one id for the whole group
     if plan["batches"] != ctx.num_batches or not 0 <= shard < len(plan["shards"]):
         raise ValueError(
             f"{recipe.name}: plan has {plan['batches']} batches in {len(plan['shards'])} shards, "
@@ -176,8 +184,8 @@ def execute(
     writer = None
     progress = None
     if group.rank == 0:  # rank 0 reads and writes the store; the others follow what it read
-        progress = load_progress(store, layout, seed, recipe.name, shard)
-        writer = SegmentWriter(store, layout, seed, recipe.name, shard, progress.next_segment, every_s)
+        progress = load_progress(store, layout.shard_dir(seed, recipe.name, shard))
+        writer = SegmentWriter(store, layout, seed, recipe.name, shard, attempt, every_s)
     got = group.broadcast(progress.records if progress else None)
     records = {b: got[b] for b in mine if b in got}
     stats = EvalStats(resumed_batches=len(records))
@@ -185,13 +193,14 @@ def execute(
     if recipe.ttt is None:
         _score(ctx, mine, records, writer, stats, group)
     else:
-        _run_ttt(ctx, store, layout, seed, shard, every_s, records, writer, stats, group)
+        _run_ttt(ctx, store, layout, seed, shard, every_s, records, writer, stats, group, attempt)
     nll = merge(list(records.values()))[0]
     if not math.isfinite(nll):
         raise FloatingPointError(f"seed {seed} eval {recipe.name} shard {shard}: nll is {nll}")
     done = {
         "version": RESULT_VERSION,
         "shard": shard,
+        "attempt": attempt,
         "batches": len(records),
         "gpus": group.world,
         "artifact_sha256": ctx.artifact_sha256,
@@ -201,7 +210,8 @@ def execute(
     if writer is not None:
         writer.flush()
         done["run"]["flush_s"] += writer.flush_seconds
-        store.put_json(layout.shard_done(seed, recipe.name, shard), done)  # the shard's commit object
+        # the shard's commit object; if another attempt committed first, its records are as good
+        store.put_new_json(layout.shard_done(seed, recipe.name, shard), done)
     return done
 
 

@@ -32,7 +32,7 @@ APP_ERRORS = (ValueError, FloatingPointError, FileNotFoundError, ImportError)
 
 def record_error(store: Store, key: str, rank: int, err: BaseException) -> None:
     """Write a rank's application error where its launcher looks before deciding FAILED vs resume."""
-    store.put_json(key, {"version": 1, "rank": rank, "error": f"{type(err).__name__}: {err}"})
+    store.put_new_json(key, {"version": 1, "rank": rank, "error": f"{type(err).__name__}: {err}"})  # first rank's wins
 
 
 @dataclass

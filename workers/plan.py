@@ -43,7 +43,8 @@ def make_plan(seed: int, recipe: EvalRecipe, windows: int, batches: int, shards:
 
 
 def ensure_plan(store: Store, spec: CampaignSpec, seed: int, recipe: EvalRecipe, default_shards: int) -> dict[str, Any]:
-    """The stored plan, or a new one written now (plan.json is written once, then only read)."""
+    """The stored plan, or a new one written now. plan.json is create-only: two drivers planning
+    at once with different GPU counts both end up using the one that was written first."""
     key = Layout(spec.name).plan(seed, recipe.name)
     if store.exists(key):
         plan = store.get_json(key)
@@ -52,5 +53,4 @@ def ensure_plan(store: Store, spec: CampaignSpec, seed: int, recipe: EvalRecipe,
         return plan
     windows, batches = plan_geometry(spec, recipe)
     plan = make_plan(seed, recipe, windows, batches, recipe.shards or default_shards)
-    store.put_json(key, plan)
-    return plan
+    return plan if store.put_new_json(key, plan) else ensure_plan(store, spec, seed, recipe, default_shards)

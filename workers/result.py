@@ -5,6 +5,7 @@ Kept apart from the engine so the driver merges results without importing torch.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from pipeline.spec import EvalRecipe
@@ -16,23 +17,29 @@ RESULT_VERSION = 1
 
 
 def merge_result(store: Store, layout: Layout, seed: int, recipe: EvalRecipe) -> dict[str, Any] | None:
-    """When every shard is done: sum all records in batch order and commit result.json.
-    None while a shard is still missing."""
+    """When every shard is done: sum the records of all batches in batch order and commit
+    result.json (create-only: a merge racing another driver or `pipeline eval` returns the result
+    that won). None while a shard is still missing."""
+    key = layout.result(seed, recipe.name)
+    if store.exists(key):
+        return store.get_json(key)
     plan = store.get_json(layout.plan(seed, recipe.name))
     dones = []
     for k in range(len(plan["shards"])):
-        key = layout.shard_done(seed, recipe.name, k)
-        if not store.exists(key):
+        done = layout.shard_done(seed, recipe.name, k)
+        if not store.exists(done):
             return None
-        dones.append(store.get_json(key))
-    records: dict[int, Record] = {}
-    for k, batches in enumerate(plan["shards"]):
-        got = load_progress(store, layout, seed, recipe.name, k).records
-        records.update((b, got[b]) for b in batches if b in got)
-    missing = plan["batches"] - len(records)
+        dones.append(store.get_json(done))
+    # Any complete set of records counts, whichever attempt or shard wrote it.
+    progress = load_progress(store, layout.eval_dir(seed, recipe.name))
+    missing = [b for b in range(plan["batches"]) if b not in progress.records]
     if missing:
-        raise ValueError(f"seed {seed} eval {recipe.name}: {missing} batches have no record although every shard is done")
-    nll, tokens, nbytes = merge(list(records.values()))
+        bad = f"; unreadable segments: {', '.join(progress.corrupt[:3])}" if progress.corrupt else ""
+        raise ValueError(
+            f"seed {seed} eval {recipe.name}: batches {missing[:5]}{'...' if len(missing) > 5 else ''} "
+            f"({len(missing)} in all) have no record although every shard committed{bad}"
+        )
+    nll, tokens, nbytes = merge([progress.records[b] for b in range(plan["batches"])])
     run_keys = ("resumed_batches", "scored_batches", "score_s", "ttt_s", "flush_s", "wall_s")
     result = {
         "version": RESULT_VERSION,
@@ -48,7 +55,11 @@ def merge_result(store: Store, layout: Layout, seed: int, recipe: EvalRecipe) ->
         "batches": plan["batches"],
         "shards": len(plan["shards"]),
         "unigram_bpb": dones[0]["unigram_bpb"],
-        "run": {k: sum(d["run"][k] for d in dones) for k in run_keys},  # summed over the shards' last attempts
+        "run": {k: sum(d["run"][k] for d in dones) for k in run_keys},  # summed over the shards' committing attempts
+        # Attempts that scored one batch differently (never on CPU; GPU kernels that are not
+        # deterministic can): the number uses the first record of each, and says so here.
+        "conflicts": [asdict(c) for c in progress.conflicts],
     }
-    store.put_json(layout.result(seed, recipe.name), result)  # the commit object, written last
+    if not store.put_new_json(key, result):  # the commit object, written last
+        return store.get_json(key)
     return result

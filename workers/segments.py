@@ -4,7 +4,8 @@ A record is (batch index, Σ nll in nats as float64, tokens, bytes). A segment i
 holding the records flushed together; segments are never rewritten, so a crash loses at most the
 records not yet flushed. A segment that does not parse or whose checksum fails (torn, corrupt) is
 ignored and its batches are simply redone. The final number sums records in batch-index order, so
-it does not depend on order, sharding or interruptions.
+it does not depend on order, sharding or interruptions. Several attempts of one unit may write
+records at once (fenced: each its own segment names); any complete set of records gives the number.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from dataclasses import dataclass
 from pipeline.store import Layout, Store
 
 SEGMENT_VERSION = 1
-_SEG_RE = re.compile(r"/seg-(\d+)$")
+# seg-<attempt>-<n>; plain seg-<n> in stores written before attempts had ids
+_SEG_RE = re.compile(r"/seg-(?:[0-9a-f]+-)?\d+$")
 
 
 @dataclass(frozen=True)
@@ -54,37 +56,56 @@ def decode_segment(blob: bytes) -> list[Record] | None:
         return None
 
 
+@dataclass(frozen=True)
+class Conflict:
+    """Two segments hold different records for one batch (two attempts disagreed)."""
+
+    batch: int
+    kept: str  # segment key whose record counts (the first in key order: the same on every read)
+    other: str
+    nll: tuple[float, float]
+
+
 @dataclass
-class ShardProgress:
+class Progress:
     records: dict[int, Record]  # batch index → record
-    next_segment: int  # first unused segment number (corrupt ones are never overwritten)
     corrupt: list[str]
+    conflicts: list[Conflict]
 
 
-def load_progress(store: Store, layout: Layout, seed: int, recipe: str, shard: int) -> ShardProgress:
+def load_progress(store: Store, prefix: str) -> Progress:
+    """Every record under `prefix` (a shard, or a whole eval: records are per batch, whichever
+    attempt or shard wrote them). Records of one batch from several attempts must be bit-equal;
+    where they are not, the first segment in key order wins and the disagreement is reported."""
     records: dict[int, Record] = {}
-    corrupt, last = [], -1
-    for key in store.list(layout.shard_dir(seed, recipe, shard)):
-        m = _SEG_RE.search(key)
-        if not m:
+    source: dict[int, str] = {}
+    corrupt: list[str] = []
+    conflicts: list[Conflict] = []
+    for key in store.list(prefix):
+        if not _SEG_RE.search(key):
             continue
-        last = max(last, int(m.group(1)))
         recs = decode_segment(store.get(key))
         if recs is None:
             corrupt.append(key)
             continue
         for r in recs:
-            records[r.batch] = r
-    return ShardProgress(records, last + 1, corrupt)
+            have = records.get(r.batch)
+            if have is None:
+                records[r.batch], source[r.batch] = r, key
+            elif have != r:
+                conflicts.append(Conflict(r.batch, source[r.batch], key, (have.nll, r.nll)))
+    return Progress(records, corrupt, conflicts)
 
 
 class SegmentWriter:
-    """Buffers records and flushes them as a new segment every `every_s` seconds and on close."""
+    """Buffers records and flushes them as a new segment every `every_s` seconds and on close.
+    Segments are named by the attempt and numbered within it, so no other attempt's object is
+    ever overwritten (they are written create-only as well)."""
 
-    def __init__(self, store: Store, layout: Layout, seed: int, recipe: str, shard: int, first: int, every_s: float):
+    def __init__(self, store: Store, layout: Layout, seed: int, recipe: str, shard: int, attempt: str, every_s: float):
         self.store, self.layout = store, layout
-        self.seed, self.recipe, self.shard = seed, recipe, shard
-        self.next, self.every_s = first, every_s
+        self.seed, self.recipe, self.shard, self.attempt = seed, recipe, shard, attempt
+        self.next, self.every_s = 0, every_s
         self.buffer: list[Record] = []
         self.last_flush = time.monotonic()
         self.flush_seconds = 0.0  # time spent writing, for the checkpoint-overhead figure
@@ -97,8 +118,9 @@ class SegmentWriter:
     def flush(self) -> None:
         if self.buffer:
             t = time.perf_counter()
-            key = self.layout.segment(self.seed, self.recipe, self.shard, self.next)
-            self.store.put(key, encode_segment(self.buffer))
+            key = self.layout.segment(self.seed, self.recipe, self.shard, self.attempt, self.next)
+            if not self.store.put_new(key, encode_segment(self.buffer)):
+                raise RuntimeError(f"{self.store.uri}/{key} exists: two writers share attempt id {self.attempt}")
             self.next += 1
             self.buffer = []
             self.flush_seconds += time.perf_counter() - t

@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from pipeline.spec import CampaignSpec, TrainRecipe
 from pipeline.store import Layout, open_store
 from workers.artifact import export_artifact, provenance, sha256
-from workers.checkpoint import restore_checkpoint, save_checkpoint
+from workers.checkpoint import prune_checkpoints, restore_checkpoint, save_checkpoint
 from workers.data import TokenStream
 from workers.group import APP_ERRORS, Group, record_error, weights_digest
 from workers.model import GPT, count_parameters
@@ -88,9 +88,11 @@ def agreed(progress: float, checkpoint: bool, group: Group) -> tuple[float, bool
     return float(t[0]), bool(t[1] > 0)
 
 
-def train(spec: CampaignSpec, seed: int, store_uri: str, group: Group, context: dict[str, Any]) -> dict[str, Any]:
+def train(
+    spec: CampaignSpec, seed: int, store_uri: str, group: Group, context: dict[str, Any], attempt: str
+) -> dict[str, Any]:
     """Train one seed on this worker group, resuming from the store's newest checkpoint if there is
-    one; rank 0 commits the artifact and manifest to the store."""
+    one; rank 0 commits the artifact and manifest to the store. `attempt` names this group's objects."""
     recipe = spec.train
     store, layout = open_store(store_uri), Layout(spec.name)
     torch.manual_seed(seed)
@@ -121,7 +123,7 @@ def train(spec: CampaignSpec, seed: int, store_uri: str, group: Group, context: 
         if want and (meta is None or step > meta["step"]):
             ckpt_meta = {"elapsed_s": time.perf_counter() - t0, "first_start": first_start, "resumes": resumes,
                          "log": log, "last_loss": loss_sum, "node": _node_id()}
-            save_checkpoint(store, layout, seed, group, step, model, opts, ema, ckpt_meta)
+            save_checkpoint(store, layout, seed, group, step, model, opts, ema, ckpt_meta, attempt, recipe.keep_checkpoints)
             last_ckpt = time.monotonic()
         if progress >= 1.0:
             break
@@ -171,7 +173,7 @@ def train(spec: CampaignSpec, seed: int, store_uri: str, group: Group, context: 
     error = None
     if group.rank == 0:
         try:
-            _commit(spec, seed, store_uri, ema if ema is not None else model.state_dict(), summary, log, context)
+            _commit(spec, seed, store_uri, ema if ema is not None else model.state_dict(), summary, log, context, attempt)
         except APP_ERRORS as e:
             error = e  # raised after the barrier, so the other ranks are not left waiting in it
     if group.distributed:
@@ -190,7 +192,9 @@ def _node_id() -> str | None:
         return None
 
 
-def _commit(spec, seed, store_uri, state, summary, log, context) -> None:
+def _commit(spec, seed, store_uri, state, summary, log, context, attempt) -> None:
+    """Artifact and log under this attempt's names, then the manifest create-only: if another
+    attempt of the seed committed first, its artifact stands and ours is dropped."""
     store, layout = open_store(store_uri), Layout(spec.name)
     blob = export_artifact(state, spec.model)
     limit = spec.train.artifact_limit_bytes
@@ -198,19 +202,25 @@ def _commit(spec, seed, store_uri, state, summary, log, context) -> None:
         raise ArtifactTooLarge(
             f"seed {seed}: artifact is {len(blob):,} bytes, above train.artifact_limit_bytes ({limit:,})"
         )
-    store.put(layout.artifact(seed), blob)
-    store.put_json(layout.train_log(seed), {"version": 1, "log": log})
+    store.put_new(layout.artifact(seed, attempt), blob)
+    store.put_new_json(layout.train_log(seed, attempt), {"version": 1, "log": log})
     manifest = {
         "version": MANIFEST_VERSION,
         "seed": seed,
-        "artifact": layout.artifact(seed).rsplit("/", 1)[1],
+        "attempt": attempt,
+        "artifact": layout.artifact(seed, attempt).rsplit("/", 1)[1],
+        "metrics": layout.train_log(seed, attempt).rsplit("/", 1)[1],
         "sha256": sha256(blob),
         "bytes": len(blob),
         "config": spec.model.model_dump(mode="json"),
         "train": {**summary, "world_size": spec.train.world_size, "ema": spec.train.ema},
         "provenance": {**provenance(), **context},
     }
-    store.put_json(layout.manifest(seed), manifest)  # the commit object, written last
+    if store.put_new_json(layout.manifest(seed), manifest):  # the commit object, written last
+        prune_checkpoints(store, layout, seed, spec.train.keep_checkpoints)
+    else:
+        store.delete(layout.artifact(seed, attempt))
+        store.delete(layout.train_log(seed, attempt))
 
 
 def ray_train_loop(config: dict[str, Any]) -> None:
@@ -219,12 +229,13 @@ def ray_train_loop(config: dict[str, Any]) -> None:
 
     spec = CampaignSpec.model_validate(config["spec"])
     group = Group.of_ray_train(spec.cluster)
+    attempt = config["attempt"]
     try:
-        summary = train(spec, config["seed"], config["store_uri"], group, config.get("context", {}))
+        summary = train(spec, config["seed"], config["store_uri"], group, config.get("context", {}), attempt)
     except APP_ERRORS as e:
-        # A real error of the run (bad input, artifact too large): restarting the group would only
-        # repeat it, so record it for the driver (which marks the unit FAILED) and end normally.
-        # Errors from a dead peer (RuntimeError from the collective) propagate: Ray Train restarts.
-        record_error(open_store(config["store_uri"]), Layout(spec.name).train_error(config["seed"]), group.rank, e)
-        summary = {}
+        # A real error of the run (bad input, artifact too large): recorded for the launcher, which
+        # marks the unit FAILED without retrying; raised so Ray Train ends the group now instead of
+        # leaving the other ranks waiting in a collective until NCCL's timeout.
+        record_error(open_store(config["store_uri"]), Layout(spec.name).train_error(config["seed"], attempt), group.rank, e)
+        raise
     ray.train.report({k: v for k, v in summary.items() if isinstance(v, (int, float, bool))})

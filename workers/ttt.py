@@ -25,13 +25,14 @@ import numpy as np
 import torch
 
 from pipeline.spec import TTTPass
-from pipeline.store import Layout, Store
+from pipeline.store import Layout, NotFoundError, Store
 from workers.group import Group, weights_digest
 from workers.model import GPT
 from workers.optim import Muon
 
 STATE_VERSION = 2  # 2: one optimizer state per rank
-_STATE_RE = re.compile(r"/state-(\d+)$")
+# state-<next chunk>-<attempt>; plain state-<chunk> in stores written before attempts had ids
+_STATE_RE = re.compile(r"/state-(\d+)(?:-[0-9a-f]+)?$")
 
 
 def num_chunks(total_targets: int, chunk_tokens: int) -> int:
@@ -136,9 +137,12 @@ def _to_cpu(obj):
     return obj
 
 
-def save_state(store: Store, layout: Layout, seed: int, recipe: str, shard: int, trainer: ChunkTrainer, next_chunk: int) -> None:
-    """Collective: rank 0 writes state-<next_chunk> (the weights, every rank's optimizer state),
-    then drops older states: one checkpoint is enough to resume. The ranks' weights must agree."""
+def save_state(
+    store: Store, layout: Layout, seed: int, recipe: str, shard: int, trainer: ChunkTrainer, next_chunk: int, attempt: str
+) -> None:
+    """Collective: rank 0 writes state-<next_chunk>-<attempt> (the weights, every rank's optimizer
+    state), then drops older states of any attempt: one checkpoint is enough to resume, and an
+    attempt that is still running never reads its old states again. The ranks' weights must agree."""
     group = trainer.group
     digests = group.all_gather(weights_digest(trainer.params))
     if len(set(digests)) != 1:
@@ -150,7 +154,7 @@ def save_state(store: Store, layout: Layout, seed: int, recipe: str, shard: int,
     params = {n: t.detach().cpu() for n, t in trainer.params}
     torch.save({"version": STATE_VERSION, "next_chunk": next_chunk, "params": params, "opts": opts}, buf)
     payload = buf.getvalue()
-    store.put(layout.ttt_state(seed, recipe, shard, next_chunk), hashlib.sha256(payload).hexdigest().encode() + payload)
+    store.put_new(layout.ttt_state(seed, recipe, shard, next_chunk, attempt), hashlib.sha256(payload).hexdigest().encode() + payload)
     for key in store.list(layout.shard_dir(seed, recipe, shard)):
         m = _STATE_RE.search(key)
         if m and int(m.group(1)) < next_chunk:
@@ -171,12 +175,20 @@ def restore_latest(
             if m:
                 states.append((int(m.group(1)), key))
         for chunk, key in sorted(states, reverse=True):
-            if usable(chunk) and (loaded := trainer.load_blob(store.get(key))) is not None:
+            if usable(chunk) and (loaded := trainer.load_blob(_get_or_none(store, key))) is not None:
                 chosen, nxt = key, loaded
                 break
     chosen = trainer.group.broadcast(chosen)
     if trainer.group.rank != 0 and chosen is not None:
-        nxt = trainer.load_blob(store.get(chosen))
+        nxt = trainer.load_blob(_get_or_none(store, chosen))
         if nxt is None:
             raise ValueError(f"{store.uri}/{chosen}: TTT state is unreadable on rank {trainer.group.rank}")
     return nxt
+
+
+def _get_or_none(store: Store, key: str) -> bytes:
+    """A state another attempt deleted after we listed it reads as unusable, not as an error."""
+    try:
+        return store.get(key)
+    except NotFoundError:
+        return b""

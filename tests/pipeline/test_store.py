@@ -66,3 +66,154 @@ def test_open_store_schemes(tmp_path):
         open_store("gs://bucket/x")
     with pytest.raises(StoreError, match="needs a bucket"):
         open_store("s3://")
+
+
+# --- S3 failures: one line naming the store URI (and key), never a credential --------------------
+
+SECRET = "sEcReT-Do-NoT-LoG-7f3a9c"
+KEY_ID = "AKIATESTKEYID0042"
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # bound then closed: nothing listens there, a connect is refused at once
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def aws_env(monkeypatch):
+    """Recognisable credentials, and the retry/endpoint variables cleared; tests set what they need."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for k in ("AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(k, raising=False)
+    return monkeypatch
+
+
+def _one_clean_line(err: Exception, *needles: str) -> str:
+    msg = str(err)
+    assert "\n" not in msg, msg
+    assert SECRET not in msg and KEY_ID not in msg, msg
+    for n in needles:
+        assert n in msg, (n, msg)
+    return msg
+
+
+def test_s3_client_has_explicit_retries_and_timeouts(aws_env):
+    from pipeline.store import S3_MAX_ATTEMPTS, S3Store
+
+    cfg = S3Store("s3://bkt/p")._client.meta.config
+    assert cfg.retries == {"mode": "standard", "total_max_attempts": S3_MAX_ATTEMPTS} and S3_MAX_ATTEMPTS >= 5
+    assert cfg.connect_timeout >= 5 and cfg.read_timeout >= 60
+    aws_env.setenv("AWS_MAX_ATTEMPTS", "2")  # the standard AWS variable still wins when set
+    assert S3Store("s3://bkt/p")._client.meta.config.retries["total_max_attempts"] == 2
+
+
+def test_s3_unreachable_endpoint(aws_env):
+    import time
+
+    from pipeline.store import S3Store
+
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    aws_env.setenv("AWS_ENDPOINT_URL", endpoint)
+    st = open_store("s3://bkt/camp")
+    t = time.monotonic()
+    with pytest.raises(StoreError) as e:
+        st.check()
+    assert time.monotonic() - t < 10  # check() retries a few times only
+    _one_clean_line(e.value, "s3://bkt/camp:", endpoint, "cannot reach", "Connection refused")
+    st = S3Store("s3://bkt/camp", attempts=2)
+    calls = {
+        "put": lambda: st.put("a/b", b"x"),
+        "put_new": lambda: st.put_new("a/b", b"x"),
+        "get": lambda: st.get("a/b"),
+        "exists": lambda: st.exists("a/b"),
+        "delete": lambda: st.delete("a/b"),
+        "list": lambda: st.list("a"),
+    }
+    for name, call in calls.items():
+        with pytest.raises(StoreError) as e:
+            call()
+        assert not isinstance(e.value, NotFoundError), name
+        _one_clean_line(e.value, "s3://bkt/camp/a", endpoint, "cannot reach")
+
+
+def test_s3_no_such_bucket(s3_server, aws_env):
+    import uuid
+
+    import boto3
+
+    aws_env.setenv("AWS_ENDPOINT_URL", s3_server)
+    bucket = f"missing-{uuid.uuid4().hex[:8]}"
+    st = open_store(f"s3://{bucket}/camp")
+    with pytest.raises(StoreError) as e:
+        st.check()
+    _one_clean_line(e.value, f"s3://{bucket}/camp:", "no such bucket")
+    for call in (lambda: st.get("k"), lambda: st.put("k", b"x"), lambda: st.put_new("k", b"x"), lambda: st.list()):
+        with pytest.raises(StoreError) as e:
+            call()
+        assert not isinstance(e.value, NotFoundError)
+        _one_clean_line(e.value, f"s3://{bucket}/camp", "no such bucket")
+    assert bucket not in {b["Name"] for b in boto3.client("s3").list_buckets()["Buckets"]}  # nothing was created
+
+
+def test_s3_existing_bucket_checks_ok_and_missing_key_is_not_found(s3_bucket):
+    st = open_store(f"s3://{s3_bucket}/p")
+    st.check()
+    with pytest.raises(NotFoundError):
+        st.get("nope")
+    assert not st.exists("nope")
+    assert st.put_new("k", b"1") and not st.put_new("k", b"2") and st.get("k") == b"1"
+
+
+@pytest.mark.parametrize("code", ["AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"])
+def test_s3_access_denied_through_the_client(aws_env, code):
+    """The real call path (botocore's Stubber answers for the server) maps a refusal to one line."""
+    from botocore.stub import Stubber
+
+    aws_env.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_closed_port()}")
+    st = open_store("s3://bkt/camp")
+    with Stubber(st._client) as stub:
+        stub.add_client_error("get_object", service_error_code=code, service_message=f"denied for {KEY_ID} {SECRET}", http_status_code=403)
+        stub.add_client_error("put_object", service_error_code=code, http_status_code=403)
+        with pytest.raises(StoreError) as e:
+            st.get("seeds/1/train/manifest.json")
+        _one_clean_line(e.value, "s3://bkt/camp/seeds/1/train/manifest.json:", "access denied", code)
+        with pytest.raises(StoreError) as e:
+            st.put_new("x", b"1")
+        _one_clean_line(e.value, "s3://bkt/camp/x:", "access denied", code)
+
+
+def test_s3_error_mapping_of_client_errors():
+    from botocore.exceptions import ClientError, NoCredentialsError
+
+    from pipeline.store import s3_error
+
+    def client_error(code: str, status: int, op: str, **extra) -> ClientError:
+        resp = {"Error": {"Code": code, "Message": f"msg\nwith {SECRET}", **extra}, "ResponseMetadata": {"HTTPStatusCode": status}}
+        return ClientError(resp, op)
+
+    uri, ep = "s3://bkt/camp", "https://user:pw@r2.example.com"
+    signature = client_error("SignatureDoesNotMatch", 403, "PutObject", StringToSign=SECRET, AWSAccessKeyId=KEY_ID)
+    msg = _one_clean_line(s3_error(uri, signature, "k", "put", ep), "s3://bkt/camp/k:", "access denied")
+    assert "pw" not in msg
+    msg = _one_clean_line(s3_error(uri, client_error("403", 403, "HeadBucket"), None, "head_bucket", ep), "s3://bkt/camp:", "access denied")
+    msg = _one_clean_line(s3_error(uri, client_error("404", 404, "HeadBucket"), None, "head_bucket", ep), "no such bucket 'bkt'", "https://r2.example.com")
+    assert "pw" not in msg
+    _one_clean_line(s3_error(uri, client_error("NoSuchBucket", 404, "GetObject"), "k", "get", ep), "s3://bkt/camp/k:", "no such bucket")
+    other = s3_error(uri, client_error("InternalError", 500, "GetObject"), "k", "get", ep)
+    assert "\n" not in str(other) and "s3://bkt/camp/k: S3 get failed: InternalError (HTTP 500)" in str(other)
+    _one_clean_line(s3_error(uri, NoCredentialsError(), None, "head_bucket", ep), "s3://bkt/camp:", "no usable AWS credentials")
+
+
+def test_local_check(tmp_path):
+    open_store(str(tmp_path / "new" / "deeper")).check()  # creatable
+    LocalStore(tmp_path).check()
+    (tmp_path / "f").write_bytes(b"")
+    with pytest.raises(StoreError, match="not a directory"):
+        LocalStore(tmp_path / "f").check()
+    with pytest.raises(StoreError, match="is not a directory"):
+        LocalStore(tmp_path / "f" / "sub").check()

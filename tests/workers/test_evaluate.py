@@ -103,7 +103,7 @@ def test_records_segments_and_resume(data_dir, tmp_path):
     half = segs[: len(segs) // 2]
     for k in half:
         store2.put(k, store.get(k))
-    store2.put(layout.segment(1, "sw", 0, len(segs)), b'{"version": 1, "records": [[0, 1.0')  # torn
+    store2.put(layout.segment(1, "sw", 0, "torn", len(segs)), b'{"version": 1, "records": [[0, 1.0')  # torn
     again = run_eval(spec.model_copy(update={"store": store2.uri}), 1, "sw", store2.uri)
     assert again["run"]["resumed_batches"] == sum(len(decode_segment(store.get(k))) for k in half) > 0
     for k in ("nll_sum", "tokens", "bytes", "val_bpb", "val_loss"):

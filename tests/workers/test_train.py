@@ -19,11 +19,11 @@ def test_deterministic_per_seed(data_dir, tmp_path):
     shas = []
     for run, seed in ((0, 1), (1, 1), (2, 2)):
         spec = one_proc(data_dir, str(tmp_path / f"s{run}"))
-        summary = train(spec, seed, spec.store, CPU, {"git_commit": "abc"})
+        summary = train(spec, seed, spec.store, CPU, {"git_commit": "abc"}, f"a{run}")
         assert summary["steps"] == 4
         m = open_store(spec.store).get_json(Layout(spec.name).manifest(seed))
         assert m["provenance"]["git_commit"] == "abc" and m["provenance"]["torch"] == torch.__version__
-        assert m["bytes"] == len(open_store(spec.store).get(Layout(spec.name).artifact(seed)))
+        assert m["bytes"] == len(open_store(spec.store).get(Layout(spec.name).artifact(seed, m["attempt"])))
         shas.append(m["sha256"])
     assert shas[0] == shas[1] != shas[2]
 
@@ -31,7 +31,7 @@ def test_deterministic_per_seed(data_dir, tmp_path):
 def test_artifact_over_the_limit_is_refused(data_dir, tmp_path):
     spec = one_proc(data_dir, str(tmp_path / "s"), artifact_limit_bytes=1000, max_steps=1)
     with pytest.raises(ArtifactTooLarge, match=r"above train.artifact_limit_bytes \(1,000\)"):
-        train(spec, 1, spec.store, CPU, {})
+        train(spec, 1, spec.store, CPU, {}, "a")
     assert not open_store(spec.store).exists(Layout(spec.name).manifest(1))
 
 
@@ -52,7 +52,7 @@ def test_ray_worker_group_all_reduces(ray_local, data_dir, tmp_path):
     spec = make_spec(data_dir, str(tmp_path / "s"), train={"world_size": 2, "max_steps": 5})
     trainer = TorchTrainer(
         ray_train_loop,
-        train_loop_config={"spec": spec.model_dump(mode="json"), "seed": 7, "store_uri": spec.store},
+        train_loop_config={"spec": spec.model_dump(mode="json"), "seed": 7, "store_uri": spec.store, "attempt": "a1"},
         scaling_config=ScalingConfig(num_workers=2, use_gpu=True),
         torch_config=TorchConfig(backend="gloo"),
         run_config=RunConfig(name="t-allreduce", storage_path=str(tmp_path / "ray")),

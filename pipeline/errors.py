@@ -1,0 +1,156 @@
+"""What went wrong in a unit attempt, classified once, and the retry policy that acts on it
+(design §4, README "Errors and retries").
+
+The driver asks two questions of every failed attempt: *what kind of failure is this* (`classify`,
+one table) and *what now* (`RetryPolicy.decide`: retry after a delay, away from the nodes it
+failed on, or FAILED). Both answers are values the driver logs and records in the ledger.
+
+    transient      the world, not the unit: node or pod death, preemption, OOM kill, S3
+                   throttling / 5xx / connection reset, NCCL timeout, CUDA ECC / Xid, lost
+                   objects. Retried with backoff, elsewhere where possible, up to the spec's count.
+    deterministic  the unit itself: bad input, a refused artifact (the unit raised one of the
+                   application errors). FAILED at once.
+    unknown        a crash that could be either (a segfault, a kernel abort, an exception we do
+                   not know). Retried once; the same error again (same signature, on this node or
+                   another) is deterministic: FAILED after at most 2 attempts.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import Enum
+
+
+class UnitError(RuntimeError):
+    """An application error a worker group recorded for its launcher (bad input, a refused
+    artifact): deterministic."""
+
+
+class ErrorClass(str, Enum):
+    TRANSIENT = "transient"
+    DETERMINISTIC = "deterministic"
+    UNKNOWN = "unknown"
+
+
+# Application errors: the unit's own input or code is wrong, so another attempt repeats them.
+# (workers.group.APP_ERRORS are these; kept by name here so the driver never imports torch.)
+_APP_ERRORS = ("ValueError", "FloatingPointError", "FileNotFoundError", "ImportError", "ShardError", "ArtifactTooLarge", "UnitError")
+
+
+@dataclass(frozen=True)
+class Rule:
+    kind: str
+    cls: ErrorClass
+    types: tuple[str, ...] = ()  # exception class names (the error itself or its Ray cause)
+    pattern: str | None = None  # regex over the error's whole text (a worker's traceback included)
+
+
+# One table, first match wins; the README prints it. Order matters where texts overlap: an
+# application error raised inside a dead group must stay deterministic.
+TABLE: tuple[Rule, ...] = (
+    Rule("bad-input", ErrorClass.DETERMINISTIC, types=_APP_ERRORS),
+    Rule("node-death", ErrorClass.TRANSIENT, types=("NodeDiedError",), pattern=r"node .* (has been marked dead|died)|NodeDiedError"),
+    Rule("preemption", ErrorClass.TRANSIENT, pattern=r"preempt|spot instance|SIGTERM received"),
+    Rule("oom-kill", ErrorClass.TRANSIENT, types=("OutOfMemoryError",), pattern=r"killed by the (OOM killer|memory monitor)|Task was killed due to the node running low on memory"),
+    Rule(
+        "storage", ErrorClass.TRANSIENT,
+        pattern=r"SlowDown|Throttl|RequestLimitExceeded|ServiceUnavailable|InternalError|\b50[0-4]\b|RequestTimeout"
+        r"|Connection reset|EndpointConnectionError|ReadTimeoutError|ConnectTimeoutError|ConnectionClosedError|No space left on device",
+    ),
+    Rule("nccl-timeout", ErrorClass.TRANSIENT, pattern=r"NCCL.*(timeout|timed out|Watchdog)|Watchdog caught collective operation timeout|ncclSystemError|ncclRemoteError|Connection closed by peer"),
+    Rule("gpu-fault", ErrorClass.TRANSIENT, pattern=r"ECC error|uncorrectable ECC|\bXid\b|GPU has fallen off the bus|GPU is lost"),
+    Rule("ray-system", ErrorClass.TRANSIENT, types=("ObjectLostError", "OwnerDiedError", "RaySystemError", "ActorUnavailableError", "ActorDiedError")),
+)
+CRASH = Rule("crash", ErrorClass.UNKNOWN)
+
+
+@dataclass(frozen=True)
+class Failure:
+    kind: str  # the rule that matched: node-death, storage, bad-input, crash, ...
+    cls: ErrorClass
+    message: str  # one line: "Type: last line"
+    signature: str  # the message with numbers, addresses and ids blanked: "the same error" compares these
+    nodes: tuple[str, ...] = ()  # where the attempt ran
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "class": self.cls.value, "error": self.message, "nodes": list(self.nodes)}
+
+
+def _names(err: BaseException) -> set[str]:
+    """Class names of the error, what it wraps (a RayTaskError's cause) and their bases."""
+    out: set[str] = set()
+    seen: BaseException | None = err
+    while seen is not None and type(seen).__name__ not in out:
+        out.update(c.__name__ for c in type(seen).__mro__)
+        seen = getattr(seen, "cause", None) or seen.__cause__
+    return out
+
+
+def one_line(err: BaseException) -> str:
+    cause = getattr(err, "cause", None) or err
+    text = str(cause).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return f"{type(cause).__name__}: {lines[-1] if lines else ''}"[:500]
+
+
+def signature(message: str) -> str:
+    return re.sub(r"0x[0-9a-fA-F]+|[0-9a-f]{8,}|\d+", "#", message)
+
+
+def classify(err: BaseException, nodes: Iterable[str] = (), dead_nodes: Iterable[str] = ()) -> Failure:
+    """The table's verdict on `err`. `nodes` are where the attempt ran; if one of them is gone
+    from the cluster, a crash there is the node's death, not the unit's fault."""
+    nodes = tuple(sorted(set(nodes)))
+    message = one_line(err)
+    names, text = _names(err), f"{type(err).__name__}: {err}"
+    rule = CRASH
+    if isinstance(err, UnitError) or names & set(TABLE[0].types):
+        rule = TABLE[0]
+    elif set(nodes) & set(dead_nodes):
+        rule = TABLE[1]
+    else:
+        for r in TABLE[1:]:
+            if names & set(r.types) or (r.pattern and re.search(r.pattern, text, re.IGNORECASE)):
+                rule = r
+                break
+    return Failure(rule.kind, rule.cls, message, signature(message), nodes)
+
+
+class Action(str, Enum):
+    RETRY = "retry"
+    FAIL = "fail"
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    reason: str
+    delay_s: float = 0.0
+    avoid_nodes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """`max_transient` retries of transient failures per unit, the first after `backoff_s`,
+    doubling up to `max_backoff_s`; unknown failures get one more attempt unless they repeat."""
+
+    max_transient: int
+    backoff_s: float
+    max_backoff_s: float = 300.0
+
+    def decide(self, failure: Failure, history: list[Failure]) -> Decision:
+        """`history`: this unit's earlier failures in this run, oldest first."""
+        if failure.cls is ErrorClass.DETERMINISTIC:
+            return Decision(Action.FAIL, f"{failure.kind}: {failure.message}")
+        same = [f for f in history if f.signature == failure.signature and f.cls is ErrorClass.UNKNOWN]
+        if failure.cls is ErrorClass.UNKNOWN and same:
+            where = "on two nodes" if set(same[-1].nodes) != set(failure.nodes) else "twice"
+            return Decision(Action.FAIL, f"the same error {where} (deterministic): {failure.message}")
+        retries = sum(1 for f in history if f.cls is not ErrorClass.DETERMINISTIC)
+        if retries >= self.max_transient:
+            return Decision(Action.FAIL, f"failed {retries + 1} times, last ({failure.kind}): {failure.message}")
+        delay = min(self.backoff_s * 2**retries, self.max_backoff_s)
+        avoid = tuple(sorted({n for f in (*history, failure) for n in f.nodes}))
+        return Decision(Action.RETRY, f"{failure.kind} ({failure.cls.value}): {failure.message}", delay, avoid)

@@ -1,0 +1,164 @@
+"""One owner at a time: a lease in the store, renewed by a heartbeat (README "One driver per campaign").
+
+A lease is a directory of generations, `<dir>/<gen:08d>.json`, each written create-only by the
+process that takes the lease: two processes racing for generation g+1 cannot both win, on a local
+disk (link) or on S3 (IfNoneMatch). The holder of the newest generation owns the lease; it rewrites
+its own generation's object with a fresh heartbeat every `renew_s`, and notices within one beat
+when a newer generation appears (someone took over), after which it must stop writing.
+
+A lease is free when its holder released it, when its heartbeat is older than `ttl_s` and the
+caller asks to take over (`--take-over`), or at once when its holder ran on this host and that
+process is gone (a driver killed with -9 is re-run without waiting). Clocks of different hosts are
+compared, so `ttl_s` is minutes, far above any skew NTP leaves.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+
+from pipeline.store import NotFoundError, Store
+
+LEASE_VERSION = 1
+_GEN_RE = re.compile(r"/(\d{8})\.json$")
+
+
+class LeaseHeld(RuntimeError):
+    """Another live process holds the lease; the message names it and its heartbeat's age."""
+
+
+@dataclass(frozen=True)
+class Holder:
+    host: str
+    pid: int
+    token: str  # this holder's identity: host and pid can repeat across pods
+    started: float
+    heartbeat: float
+    ttl_s: float
+    what: str  # "driver", "pipeline eval", ...
+    released: bool = False
+
+    def age(self, now: float) -> float:
+        return max(0.0, now - self.heartbeat)
+
+    def free_for(self, now: float, take_over: bool) -> bool:
+        if self.released:
+            return True
+        if self.host == platform.node() and not _pid_alive(self.pid):
+            return True
+        return take_over and self.age(now) > self.ttl_s
+
+    def describe(self, now: float) -> str:
+        return f"{self.what} {self.host}:{self.pid} (heartbeat {self.age(now):.0f} s ago, started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.started))})"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Lease:
+    def __init__(self, store: Store, prefix: str, name: str, what: str, ttl_s: float = 180.0, renew_s: float = 30.0):
+        self.store, self.prefix, self.name, self.what = store, prefix, name, what
+        self.ttl_s, self.renew_s = ttl_s, renew_s
+        self.token = uuid.uuid4().hex
+        self.gen: int | None = None
+        self.started = time.time()
+        self.lost = threading.Event()  # set when another process took the lease over
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def _newest(self) -> tuple[int, Holder | None]:
+        gens = sorted(int(m.group(1)) for k in self.store.list(self.prefix) if (m := _GEN_RE.search(k)))
+        if not gens:
+            return 0, None
+        try:
+            obj = self.store.get_json(self._key(gens[-1]))
+        except NotFoundError:  # pruned between list and get: a newer one exists
+            return self._newest()
+        if obj.get("version") != LEASE_VERSION:
+            raise LeaseHeld(f"{self.store.uri}/{self._key(gens[-1])}: unknown lease version {obj.get('version')}")
+        obj.pop("version")
+        return gens[-1], Holder(**obj)
+
+    def holder(self) -> Holder | None:
+        return self._newest()[1]
+
+    def _key(self, gen: int) -> str:
+        return f"{self.prefix}/{gen:08d}.json"
+
+    def _me(self, released: bool = False) -> dict:
+        h = Holder(platform.node(), os.getpid(), self.token, self.started, time.time(), self.ttl_s, self.what, released)
+        return {"version": LEASE_VERSION, **asdict(h)}
+
+    # --- owning -------------------------------------------------------------------------------
+
+    def acquire(self, take_over: bool = False) -> Holder | None:
+        """Take the lease or raise LeaseHeld. Returns the holder it replaced (None if there was none)."""
+        gen, held = self._newest()
+        now = time.time()
+        if held is not None and not held.free_for(now, take_over):
+            expired = held.age(now) > held.ttl_s
+            hint = (
+                "its heartbeat has expired: run again with --take-over to take the campaign over"
+                if expired
+                else f"wait for it, or once its heartbeat is older than {held.ttl_s:.0f} s run with --take-over"
+            )
+            raise LeaseHeld(f"{self.name} is held by {held.describe(now)}; {hint}")
+        if not self.store.put_new_json(self._key(gen + 1), self._me()):
+            _, won = self._newest()
+            raise LeaseHeld(f"{self.name} was just taken by {won.describe(time.time()) if won else 'another process'}")
+        self.gen = gen + 1
+        for k in self.store.list(self.prefix):  # older generations are history now
+            if (m := _GEN_RE.search(k)) and int(m.group(1)) < self.gen:
+                self.store.delete(k)
+        return held
+
+    def renew(self) -> bool:
+        """One heartbeat; False (and `lost` set) when a newer generation took over."""
+        gen, held = self._newest()
+        if gen != self.gen or held is None or held.token != self.token:
+            self.lost.set()
+            return False
+        self.store.put_json(self._key(self.gen), self._me())
+        return True
+
+    def start_heartbeat(self) -> None:
+        def beat() -> None:
+            while not self._stop.wait(self.renew_s):
+                try:
+                    if not self.renew():
+                        return
+                except Exception:  # noqa: BLE001 - a missed beat (S3 hiccup) is retried next beat
+                    continue
+
+        self._thread = threading.Thread(target=beat, name=f"lease:{self.name}", daemon=True)
+        self._thread.start()
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.gen is not None and not self.lost.is_set():
+            gen, held = self._newest()
+            if gen == self.gen and held is not None and held.token == self.token:
+                self.store.put_json(self._key(self.gen), self._me(released=True))
+        self.gen = None
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
