@@ -54,7 +54,7 @@ def make_spec(data: Path, store: Path, shards: int | None, batches_hint: int):
     )
 
 
-def sim_train(spec_json, seed, store_uri, context):
+def sim_train(spec_json, seed, store_uri, context, run_id, attempt):
     """Holds world_size GPUs for TRAIN_S, as the worker group would, then commits an artifact."""
     import ray
 
@@ -73,7 +73,7 @@ def sim_train(spec_json, seed, store_uri, context):
 
 
 def sim_eval(batch_s):
-    def run(spec_json, seed, recipe, store_uri, shard, run_id):
+    def run(spec_json, seed, recipe, store_uri, shard, run_id, attempt):
         """The real eval shard (plan, segments, resume, done.json) with each batch's GPU time slept."""
         import workers.evaluate as ev
         from pipeline.driver import _eval_unit
@@ -84,7 +84,7 @@ def sim_eval(batch_s):
             return Record(b, 1.0 + 1e-6 * b, 64, 256)
 
         ev.score_batch = score
-        return _eval_unit(spec_json, seed, recipe, store_uri, shard, run_id)
+        return _eval_unit(spec_json, seed, recipe, store_uri, shard, run_id, attempt)
 
     return run
 

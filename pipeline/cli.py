@@ -55,6 +55,7 @@ def _check_store_outlives_job(raw_store: str, source: str) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.markup import escape
 
     from pipeline.driver import Driver, resolve_paths
     from pipeline.spec import load_spec
@@ -79,14 +80,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         timings["ray_init_s"] = time.perf_counter() - t0
 
     console.print(f"campaign [bold]{spec.name}[/]: {len(spec.seeds)} seed(s) × train + {len(spec.evals)} eval(s), store {spec.store}")
-    report = Driver(spec, log=console.print, connect=connect, take_over=args.take_over).run()
+    report = Driver(spec, log=lambda m: console.print(escape(m)), connect=connect, take_over=args.take_over).run()
     timings.update(run_wall_s=report.wall_s, units_s=report.durations)
     summary = build_summary(spec, open_store(spec.store), timings)
     out = write_summary(summary, args.results_dir or spec.results_dir)
     console.print(render_table(summary))
     console.print(f"ran {len(report.done)} unit(s), skipped {len(report.skipped)} already DONE, in {report.wall_s:.1f}s; summary: {out}")
     for u, msg in report.failed.items():
-        console.print(f"[red]FAILED[/] {u}: {msg}")
+        console.print(f"[red]FAILED[/] {u}: {escape(msg)}")
+        for line in summary["failed"].get(u.id, {}).get("tail") or []:
+            console.print(f"    {line}", markup=False, highlight=False)
     for what in report.waiting.values():
         console.print(f"[yellow]PENDING[/] {what}: gave up waiting; run again when the cluster has them")
     for u in report.blocked:
@@ -154,6 +157,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     with Lease(store, f"{where}/lease", f"{unit} in {store.uri}", "pipeline eval") as lease:
         lease.acquire(args.take_over)
         lease.start_heartbeat()
+        store.clean_tmp(where)  # what interrupted writes of an earlier `pipeline eval` left
         if args.shard is None:
             r = run_eval(spec, args.seed, args.recipe, spec.store)
         else:

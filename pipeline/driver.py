@@ -334,6 +334,13 @@ class Driver:
                     report.skipped.append(u)
             self._merge_if_complete(seed, recipe.name)
 
+    def _plan_ready(self, report: RunReport, capacity: float) -> None:
+        """Evals are planned once their seed is trained and the cluster has GPUs to shard them over."""
+        if self.unplanned and capacity > 0:
+            for seed in self.unplanned:
+                self._plan_evals(seed, report, capacity)
+            self.unplanned.clear()
+
     def _merge_if_complete(self, seed: int, recipe: str) -> None:
         shards = [u for u in self.tracker.states if u.kind == "eval" and u.seed == seed and u.recipe == recipe]
         if shards and all(self.tracker.state(u) == UnitState.DONE for u in shards):
@@ -424,14 +431,13 @@ class Driver:
             running[ref] = Attempt(u, attempt, time.perf_counter())
             self.log(f"start  {u}")
 
+        self._plan_ready(report, capacity)
+        if report.skipped:
+            self.log(f"skipping {len(report.skipped)} unit(s) already DONE in {self.store.uri}")
         to_merge: list[tuple[int, str]] = []  # (seed, recipe) whose shard just finished
         while not self.lease.lost.is_set():
             now = time.monotonic()
-            # Evals are planned once the cluster has GPUs to shard them over.
-            if self.unplanned and capacity > 0:
-                for seed in self.unplanned:
-                    self._plan_evals(seed, report, capacity)
-                self.unplanned.clear()
+            self._plan_ready(report, capacity)
             pending = [u for u in self.tracker.in_state(UnitState.PENDING) if self.not_before.get(u, 0) <= now]
             busy = {"train": 0.0, "eval": 0.0}
             for att in running.values():

@@ -73,9 +73,10 @@ class Failure:
     message: str  # one line: "Type: last line"
     signature: str  # the message with numbers, addresses and ids blanked: "the same error" compares these
     nodes: tuple[str, ...] = ()  # where the attempt ran
+    tail: tuple[str, ...] = ()  # the error's last lines (a worker's traceback), for the summary
 
     def as_dict(self) -> dict:
-        return {"kind": self.kind, "class": self.cls.value, "error": self.message, "nodes": list(self.nodes)}
+        return {"kind": self.kind, "class": self.cls.value, "error": self.message, "nodes": list(self.nodes), "tail": list(self.tail)}
 
 
 def _names(err: BaseException) -> set[str]:
@@ -88,11 +89,17 @@ def _names(err: BaseException) -> set[str]:
     return out
 
 
+TAIL_LINES = 10
+
+
+def _lines(err: BaseException) -> list[str]:
+    return [ln.rstrip()[:300] for ln in str(err).splitlines() if ln.strip()]
+
+
 def one_line(err: BaseException) -> str:
     cause = getattr(err, "cause", None) or err
-    text = str(cause).strip()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return f"{type(cause).__name__}: {lines[-1] if lines else ''}"[:500]
+    lines = _lines(cause)
+    return f"{type(cause).__name__}: {lines[-1].strip() if lines else ''}"[:500]
 
 
 def signature(message: str) -> str:
@@ -115,7 +122,7 @@ def classify(err: BaseException, nodes: Iterable[str] = (), dead_nodes: Iterable
             if names & set(r.types) or (r.pattern and re.search(r.pattern, text, re.IGNORECASE)):
                 rule = r
                 break
-    return Failure(rule.kind, rule.cls, message, signature(message), nodes)
+    return Failure(rule.kind, rule.cls, message, signature(message), nodes, tuple(_lines(err)[-TAIL_LINES:]))
 
 
 class Action(str, Enum):

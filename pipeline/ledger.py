@@ -37,3 +37,11 @@ class Ledger:
 
     def events(self) -> list[dict[str, Any]]:
         return [self.store.get_json(k) for k in self.store.list(self.layout.events)]
+
+    def failed(self) -> dict[str, dict[str, Any]]:
+        """Units whose latest state is FAILED → that event (reason, error class, log tail)."""
+        latest: dict[str, dict[str, Any]] = {}
+        for e in self.events():
+            if e.get("event") == "state":
+                latest[e["unit"]] = e
+        return {u: e for u, e in latest.items() if e["state"] == UnitState.FAILED.value}

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import tempfile
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -86,9 +87,10 @@ class Store(ABC):
     def put_new_json(self, key: str, obj: Any) -> bool:
         return self.put_new(key, _json_bytes(obj))
 
-    def clean_tmp(self, prefix: str = "") -> int:
-        """Remove temp files that interrupted writes left under `prefix`; how many. Only a local
-        store has them (an S3 put is atomic)."""
+    def clean_tmp(self, prefix: str = "", older_than_s: float = 900.0) -> int:
+        """Remove temp files that interrupted writes left under `prefix`; how many. Only files
+        older than `older_than_s`: a fenced attempt of another process may be writing right now.
+        Only a local store has them (an S3 put is atomic)."""
         return 0
 
     def check(self) -> None:
@@ -153,12 +155,16 @@ class LocalStore(Store):
         if not os.access(p, os.W_OK | os.X_OK):
             raise StoreError(f"{self.uri}: not writable" if p == self.root else f"{self.uri}: cannot be created ({p} is not writable)")
 
-    def clean_tmp(self, prefix: str = "") -> int:
+    def clean_tmp(self, prefix: str = "", older_than_s: float = 900.0) -> int:
         base = self._path(prefix.rstrip("/")) if prefix else self.root
-        n = 0
+        cutoff, n = time.time() - older_than_s, 0
         for p in base.rglob(f"{_TMP_MARK}*") if base.is_dir() else ():
-            p.unlink(missing_ok=True)
-            n += 1
+            try:
+                if p.stat().st_mtime < cutoff:
+                    p.unlink()
+                    n += 1
+            except FileNotFoundError:  # its write finished (renamed) or another cleaner got it
+                pass
         return n
 
     def get(self, key: str) -> bytes:

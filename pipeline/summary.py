@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.spec import CampaignSpec
+from pipeline.ledger import Ledger
 from pipeline.store import Layout, Store
 
 SUMMARY_VERSION = 1
@@ -22,12 +23,11 @@ def build_summary(spec: CampaignSpec, store: Store, timings: dict[str, Any] | No
         entry: dict[str, Any] = {}
         if store.exists(layout.manifest(seed)):
             m = store.get_json(layout.manifest(seed))
+            t = m.get("train", {})  # an artifact committed without our training has no training stats
             entry["train"] = {
                 "artifact_bytes": m["bytes"],
                 "sha256": m["sha256"],
-                "steps": m["train"]["steps"],
-                "wall_s": m["train"]["wall_s"],
-                "final_train_loss": m["train"]["final_train_loss"],
+                **{k: t[k] for k in ("steps", "wall_s", "final_train_loss") if k in t},
             }
         seeds[str(seed)] = entry
     recipes: dict[str, Any] = {}
@@ -54,6 +54,11 @@ def build_summary(spec: CampaignSpec, store: Store, timings: dict[str, Any] | No
         "spec_fingerprint": spec.fingerprint(),
         "seeds": seeds,
         "evals": recipes,
+        # what the retry policy gave up on, with the error's last lines (no log reading needed)
+        "failed": {
+            u: {k: e.get(k) for k in ("reason", "kind", "class", "tail")}
+            for u, e in Ledger(store, layout, "summary").failed().items()
+        },
         **({"timings": timings} if timings else {}),
     }
 

@@ -38,6 +38,11 @@ def test_campaign_end_to_end_then_rerun_skips_everything(ray_local, data_dir, tm
     assert sorted(started) == sorted(expected)  # each unit ran once
     placed = {e["unit"] for e in events if e["event"] == "placed"}
     assert placed == expected  # every attempt (training ranks too) says where it ran
+    # Each eval task computed on the GPU Ray assigned to it, although worker processes are reused
+    # across shards: Ray leaves the process's CUDA mask alone and the task picks its GPU by id.
+    shards = [e for e in events if e["event"] == "placed" and e["unit"].startswith("eval/")]
+    assert all(e["cuda_index"] == int(e["gpu_ids"][0]) and e["cuda_visible"] is None for e in shards)
+    assert len({e["gpu_ids"][0] for e in shards}) > 1
     assert all(e["version"] == 1 for e in events)
     before = store.list()
     capsys.readouterr()
@@ -133,3 +138,123 @@ def test_state_machine():
     layout = Layout("c")
     assert Unit.eval(1, "sw", 2).commit_key(layout) == "c/seeds/1/eval/sw/shard-2/done.json"
     assert Unit.train(3).commit_key(layout) == "c/seeds/3/train/manifest.json"
+
+
+def test_a_unit_the_cluster_cannot_hold_waits_then_the_run_ends_with_it_pending(ray_local, data_dir, tmp_path, capsys):
+    """A TTT unit on 8 GPUs, a cluster of 4: it waits wait_for_capacity_s saying what for, every
+    other unit finishes, the run exits 1 with the unit PENDING, and a re-run picks it up."""
+    from tests.workers.helpers import commit_random_model
+
+    ttt8 = {"kind": "ttt", "chunk_tokens": 600, "epochs": 1, "batch_seqs": 4, "gpus": 8}
+    evals = [
+        {"name": "sw", "seq_len": 64, "stride": 16, "batch_seqs": 8},
+        {"name": "ttt8", "seq_len": 64, "stride": 16, "passes": [ttt8, {"kind": "sliding"}]},
+    ]
+    spec = make_spec(
+        data_dir, str(tmp_path / "store"), seeds=[1], evals=evals, data={"val_tokens": 2000},
+        results_dir=str(tmp_path / "results"), cluster={"wait_for_capacity_s": 2},
+    )
+    commit_random_model(spec, 1)
+    f = write_spec(tmp_path / "c.yaml", spec)
+    assert main(["run", str(f)]) == 1
+    out = capsys.readouterr().out
+    assert "eval/1/ttt8/0 waits for 8 GPUs; the cluster has 4" in out
+    assert "PENDING eval/1/ttt8/0 waits for 8 GPUs" in out
+    store, layout = open_store(spec.store), Layout("t")
+    assert store.exists(layout.result(1, "sw")) and not store.exists(layout.result(1, "ttt8"))
+    states = [e["state"] for e in Ledger(store, layout, "x").events() if e.get("unit") == "eval/1/ttt8/0"]
+    assert states == []  # never launched: Ray would have held it forever
+    assert main(["run", str(f)]) == 1  # a re-run picks it up (and waits again: still no 8 GPUs)
+    assert "eval/1/ttt8/0 waits for 8 GPUs" in capsys.readouterr().out
+
+
+def test_a_second_driver_refuses_naming_the_first(data_dir, tmp_path, capsys):
+    from pipeline.driver import campaign_lease
+
+    spec = make_spec(data_dir, str(tmp_path / "store"))
+    f = write_spec(tmp_path / "c.yaml", spec)
+    live = campaign_lease(open_store(spec.store), spec)
+    live.acquire()  # a driver that is running now
+    capsys.readouterr()
+    assert main(["run", str(f)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is held by driver" in err[0] and "heartbeat 0 s ago" in err[0]
+    assert main(["run", str(f), "--take-over"]) == 2  # not expired: --take-over does not steal a live lease
+    live.release()
+
+
+def _loop_rank1_raises(config):
+    """Rank 0 sits in collectives; rank 1 raises at step 3 (as a kernel abort or a bug would)."""
+    import ray.train
+    import torch
+    import torch.distributed as dist
+
+    rank = ray.train.get_context().get_world_rank()
+    for step in range(100_000):
+        if rank == 1 and step == 3:
+            raise RuntimeError("rank 1 broke at step 3")
+        dist.all_reduce(torch.ones(1))
+
+
+def _train_rank1_raises(spec_json, seed, store_uri, context, run_id, attempt):
+    from pipeline.driver import _fit_group
+    from pipeline.spec import CampaignSpec
+
+    spec = CampaignSpec.model_validate(spec_json)
+    store = open_store(store_uri)
+    _fit_group("raises", _loop_rank1_raises, {"attempt": attempt}, 2, 1, "cpu", store, Layout(spec.name).train_error(seed, attempt))
+    return {}
+
+
+def test_a_rank_that_raises_ends_its_group_in_seconds(ray_local, data_dir, tmp_path):
+    """Not after the collective's 30-minute timeout: Ray Train ends the group when one rank
+    raises; the same error on the retry makes the unit FAILED with that rank's error."""
+    spec = make_spec(data_dir, str(tmp_path / "store"), seeds=[1], evals=[])
+    report = Driver(spec, log=lambda _: None, train_fn=_train_rank1_raises).run()
+    assert "rank 1 broke at step 3" in report.failed[Unit.train(1)]
+    assert "the same error" in report.failed[Unit.train(1)]
+    ends = [e for e in Ledger(open_store(spec.store), Layout("t"), "x").events() if e.get("state") in ("INTERRUPTED", "FAILED")]
+    assert [e["state"] for e in ends] == ["INTERRUPTED", "FAILED"]
+    assert all(e["seconds"] < 60 for e in ends), [e["seconds"] for e in ends]  # a hang would be 1800 s
+    from pipeline.summary import build_summary
+
+    failed = build_summary(spec, open_store(spec.store))["failed"]["train/1"]
+    assert failed["class"] == "unknown" and any("rank 1 broke at step 3" in ln for ln in failed["tail"])
+
+
+def test_a_driver_races_pipeline_eval_of_the_same_eval(ray_local, data_dir, tmp_path):
+    """`pipeline eval` by hand beside a running driver: both score, fenced, and the campaign ends
+    with the uninterrupted number."""
+    import subprocess
+    import sys
+    import threading
+    from pathlib import Path
+
+    from tests.workers.helpers import commit_random_model
+    from workers.evaluate import run_eval
+
+    ev = {"name": "slot", "seq_len": 64, "stride": 16, "batch_seqs": 1, "shards": 2, "passes": [{"kind": "slot", "steps": 4}]}
+    over = {"seeds": [1], "evals": [ev], "data": {"val_tokens": 2000}}
+    ref = make_spec(data_dir, str(tmp_path / "ref"), **over)
+    commit_random_model(ref, 1)
+    expected = run_eval(ref, 1, "slot", ref.store, shards=2)
+    spec = make_spec(data_dir, str(tmp_path / "store"), **over)
+    commit_random_model(spec, 1)
+    f = write_spec(tmp_path / "c.yaml", spec)
+
+    by_hand = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "eval", str(f), "--seed", "1", "--recipe", "slot"],
+        cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    result = {}
+    driver = threading.Thread(target=lambda: result.update(report=Driver(spec, log=lambda _: None).run()))
+    driver.start()
+    out, _ = by_hand.communicate(timeout=300)
+    driver.join(300)
+    assert by_hand.returncode == 0, out.decode()
+    assert not result["report"].failed
+    store, layout = open_store(spec.store), Layout("t")
+    got = store.get_json(layout.result(1, "slot"))
+    for k in ("val_bpb", "nll_sum", "tokens", "bytes", "batches"):
+        assert got[k] == expected[k], k
+    assert got["conflicts"] == []

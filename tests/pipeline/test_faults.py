@@ -186,7 +186,9 @@ def test_node_dies_under_a_training_worker(ray_cluster, data_dir, tmp_path):
     assert m["train"]["resumed"] is True and m["train"]["resumed_at_steps"]
     assert m["train"]["steps"] == 150 and m["train"]["wall_s_total"] >= m["train"]["wall_s"]
     assert m["sha256"] == ref_manifest["sha256"]  # the resumed run's artifact, bit for bit
-    assert assert_done_units_never_restarted(spec)["train/1"] == 1  # Ray Train restarted the group inside the unit
+    assert assert_done_units_never_restarted(spec)["train/1"] == 2  # the driver restarted the group, from the checkpoint
+    interrupted = [e for e in events(spec) if e.get("unit") == "train/1" and e.get("state") == "INTERRUPTED"]
+    assert [e["kind"] for e in interrupted] == ["node-death"]
     ray_cluster.add_node(num_cpus=2, num_gpus=2)
     ray_cluster.wait_for_nodes()
 
@@ -204,12 +206,14 @@ def test_driver_killed_mid_campaign(ray_cluster, data_dir, tmp_path):
     store, layout = open_store(spec.store), Layout(spec.name)
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        # kill it once an eval shard is DONE (it must not run again) and the campaign is not
+        # once an eval shard is DONE (it must not run again): freeze the driver, so what the store
+        # holds of its own writes (results, merged by the driver only) cannot change, then kill it
         wait_for(lambda: [k for k in store.list(f"{spec.name}/seeds") if k.endswith("/done.json")], what="a DONE shard")
+        os.kill(proc.pid, signal.SIGSTOP)
+        merged_before_kill = {s for s in (1, 2) if store.exists(layout.result(s, "slot"))}
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert not all(store.exists(layout.result(s, "slot")) for s in (1, 2))
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "skipping" in out.stdout
@@ -222,3 +226,5 @@ def test_driver_killed_mid_campaign(ray_cluster, data_dir, tmp_path):
         assert store.get_json(layout.manifest(seed))["sha256"] == open_store(ref.store).get_json(Layout(ref.name).manifest(seed))["sha256"]
     runs = assert_done_units_never_restarted(spec)
     assert runs["train/1"] == 1  # DONE before the kill: not run again
+    for seed in merged_before_kill:  # a result merged before the kill is read, not merged again
+        assert f"result seed {seed}" not in out.stdout

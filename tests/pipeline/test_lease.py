@@ -75,3 +75,27 @@ def test_heartbeat_renews(tmp_path):
         time.sleep(0.02)
     lease.release()
     assert lease.holder().heartbeat > first and lease.holder().released
+
+
+def test_pipeline_eval_holds_its_unit(data_dir, tmp_path, capsys):
+    import yaml
+
+    from pipeline.cli import main
+    from pipeline.store import Layout
+    from tests.conftest import make_spec
+    from tests.workers.helpers import commit_random_model
+
+    spec = make_spec(data_dir, str(tmp_path / "store"), seeds=[1])
+    commit_random_model(spec, 1)
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    store = open_store(spec.store)
+    other = Lease(store, f"{Layout(spec.name).eval_dir(1, 'sw')}/lease", "eval", "pipeline eval")
+    other.acquire()  # a `pipeline eval` of this unit running elsewhere
+    before = store.list()
+    assert main(["eval", str(f), "--seed", "1", "--recipe", "sw"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is held by pipeline eval" in err[0]
+    assert [k for k in store.list() if not k.endswith("campaign.json")] == before
+    other.release()
+    assert main(["eval", str(f), "--seed", "1", "--recipe", "sw"]) == 0

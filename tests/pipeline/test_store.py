@@ -1,3 +1,6 @@
+import os
+import time
+
 import pytest
 
 from pipeline.store import LocalStore, NotFoundError, StoreError, open_store
@@ -217,3 +220,22 @@ def test_local_check(tmp_path):
         LocalStore(tmp_path / "f").check()
     with pytest.raises(StoreError, match="is not a directory"):
         LocalStore(tmp_path / "f" / "sub").check()
+
+
+def test_put_new_is_create_only(store):
+    assert store.put_new("c/done.json", b"first") is True
+    assert store.put_new("c/done.json", b"second") is False
+    assert store.get("c/done.json") == b"first" and store.list("c") == ["c/done.json"]
+
+
+def test_one_place_three_spellings_and_interrupted_writes_are_cleaned(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert open_store("store").uri == open_store("./store").uri == open_store("file://store").uri == str(tmp_path / "store")
+    st = open_store("store")
+    st.put("c/a", b"1")
+    old, fresh = tmp_path / "store" / "c" / ".tmp-abc", tmp_path / "store" / "c" / ".tmp-def"
+    old.write_bytes(b"half")  # a write killed before its rename, an hour ago
+    os.utime(old, (time.time() - 3600,) * 2)
+    fresh.write_bytes(b"half")  # a write in flight now (another attempt's): left alone
+    assert st.list("c") == ["c/a"] and st.clean_tmp("c") == 1
+    assert not old.exists() and fresh.exists()

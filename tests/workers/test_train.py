@@ -63,3 +63,13 @@ def test_ray_worker_group_all_reduces(ray_local, data_dir, tmp_path):
     digests = m["train"]["replica_digests"]
     assert len(digests) == 2 and digests[0] == digests[1]
     assert m["train"]["steps"] == 5 and m["train"]["world_size"] == 2
+
+
+def test_keeps_the_newest_checkpoints_and_the_artifact(data_dir, tmp_path):
+    spec = one_proc(data_dir, str(tmp_path / "s"), max_steps=6, checkpoint_every_steps=1, keep_checkpoints=2)
+    train(spec, 1, spec.store, CPU, {}, "a")
+    store, layout = open_store(spec.store), Layout(spec.name)
+    dirs = sorted({k.split("/ckpt/")[1].split("/")[0] for k in store.list(f"{layout.train_dir(1)}/ckpt")})
+    assert dirs == ["step-00000005-a", "step-00000006-a"]  # 6 were written
+    m = store.get_json(layout.manifest(1))
+    assert store.exists(f"{layout.train_dir(1)}/{m['artifact']}")
