@@ -56,10 +56,10 @@ TABLE: tuple[Rule, ...] = (
     Rule("oom-kill", ErrorClass.TRANSIENT, types=("OutOfMemoryError",), pattern=r"killed by the (OOM killer|memory monitor)|Task was killed due to the node running low on memory"),
     Rule(
         "storage", ErrorClass.TRANSIENT,
-        pattern=r"SlowDown|Throttl|RequestLimitExceeded|ServiceUnavailable|InternalError|\b50[0-4]\b|RequestTimeout"
+        pattern=r"SlowDown|Throttl|RequestLimitExceeded|ServiceUnavailable|InternalError|HTTP 50[0-4]|\(50[0-4]\)|RequestTimeout"
         r"|Connection reset|EndpointConnectionError|ReadTimeoutError|ConnectTimeoutError|ConnectionClosedError|No space left on device",
     ),
-    Rule("nccl-timeout", ErrorClass.TRANSIENT, pattern=r"NCCL.*(timeout|timed out|Watchdog)|Watchdog caught collective operation timeout|ncclSystemError|ncclRemoteError|Connection closed by peer"),
+    Rule("nccl-timeout", ErrorClass.TRANSIENT, pattern=r"NCCL.*(timeout|timed out|Watchdog)|Watchdog caught collective operation timeout|ncclSystemError|ncclRemoteError"),
     Rule("gpu-fault", ErrorClass.TRANSIENT, pattern=r"ECC error|uncorrectable ECC|\bXid\b|GPU has fallen off the bus|GPU is lost"),
     Rule("ray-system", ErrorClass.TRANSIENT, types=("ObjectLostError", "OwnerDiedError", "RaySystemError", "ActorUnavailableError", "ActorDiedError")),
 )

@@ -26,6 +26,8 @@ def task_error(cause: BaseException) -> BaseException:
         (task_error(RuntimeError("CUDA error: uncorrectable ECC error encountered")), "gpu-fault", ErrorClass.TRANSIENT),
         (rex.OutOfMemoryError("Task was killed due to the node running low on memory"), "oom-kill", ErrorClass.TRANSIENT),
         (task_error(RuntimeError("CUBLAS_STATUS_EXECUTION_FAILED")), "crash", ErrorClass.UNKNOWN),
+        (task_error(RuntimeError("An error occurred (503) when calling the HeadObject operation")), "storage", ErrorClass.TRANSIENT),
+        (task_error(RuntimeError("loss diverged at step 500 of 503")), "crash", ErrorClass.UNKNOWN),
         (rex.WorkerCrashedError(), "crash", ErrorClass.UNKNOWN),
     ],
 )
