@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DATA := data/demo
 
-.PHONY: demo test install clean-demo
+.PHONY: demo test install clean-demo ssh-server
 
 install: $(STAMP)
 
@@ -27,8 +27,19 @@ $(DEMO_DATA)/.ready: $(STAMP)
 demo: $(STAMP) $(DEMO_DATA)/.ready
 	$(PY) -m pipeline run jobs/demo.yaml
 
-test: $(STAMP)
+test: $(STAMP) ssh-server
 	$(PY) -m pytest -q tests
+
+# The pods tests drive a real OpenSSH sshd on 127.0.0.1 (tests/pipeline/pods/conftest.py). Installed
+# here when missing (Debian/Ubuntu, as root, no prompts); where it cannot be, those tests skip and say so.
+ssh-server:
+	@test -x /usr/sbin/sshd || command -v sshd >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q --no-install-recommends openssh-server >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends openssh-server >/dev/null 2>&1; } || \
+	    echo "openssh-server could not be installed: the ssh tests will be skipped"; \
+	  else echo "no sshd and not root with apt-get: the ssh tests will be skipped"; fi; }
 
 clean-demo:
 	rm -rf $(DEMO_DATA) store/demo results/demo

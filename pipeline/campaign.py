@@ -168,6 +168,13 @@ def tokenizer_digest(tokenizer: str, cache: DigestCache) -> str:
         raise ValueError(f"data.tokenizer: {tokenizer}: cannot read ({e.strerror})") from None
 
 
+def artifact_digest(seed: int, path: str, cache: DigestCache) -> str:
+    try:
+        return cache.digest(_local(path, f"artifacts.{seed}"))
+    except OSError as e:
+        raise ValueError(f"artifacts.{seed}: {path}: cannot read ({e.strerror})") from None
+
+
 def content_fingerprint_dict(spec: CampaignSpec, cache: DigestCache | None = None) -> dict[str, Any]:
     """`spec.fingerprint_dict()` with data.shards and data.tokenizer replaced by content digests."""
     if cache is None:
@@ -176,6 +183,8 @@ def content_fingerprint_dict(spec: CampaignSpec, cache: DigestCache | None = Non
         d = spec.fingerprint_dict()
         d["data"]["shards"] = shard_digests(spec.data.shards, cache)
         d["data"]["tokenizer"] = tokenizer_digest(spec.data.tokenizer, cache)
+        if spec.artifacts is not None:  # eval-only: the artifacts' content, not where they lie
+            d["artifacts"] = {str(s): artifact_digest(s, p, cache) for s, p in spec.artifacts.items()}
     finally:
         cache.save()  # keep what was hashed even when a later file failed
     return d

@@ -54,24 +54,29 @@ def _check_store_outlives_job(raw_store: str, source: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.markup import escape
 
+    from pipeline.artifacts import check_artifacts
     from pipeline.driver import Driver, resolve_paths
+    from pipeline.progress.live import LiveProgress
+    from pipeline.progress.render import console as make_console, cost_lines, cost_table
+    from pipeline.progress.view import campaign_status
     from pipeline.spec import load_spec
     from pipeline.store import open_store
     from pipeline.summary import build_summary, render_table, write_summary
     from workers.data import check_eval_inputs
 
-    console = Console(highlight=False)
+    console = make_console()
     spec = load_spec(args.spec)
     _check_store_outlives_job(spec.store, args.spec)
     spec = resolve_paths(spec)
     for path, what in ((spec.data.shards, "data.shards"), (spec.data.tokenizer, "data.tokenizer")):
         if "://" not in path and not Path(path).exists():
             raise FileNotFoundError(f"{args.spec}: {what}: {path} does not exist")
+    check_artifacts(spec, args.spec)
     open_store(spec.store).check()  # a bad store, data or tokenizer is one line, before anything is written
-    check_eval_inputs(spec, spec.model.vocab_size, f"{args.spec}: model.vocab_size")
+    # an eval-only campaign's vocabulary is its artifacts' (checked when each is loaded)
+    check_eval_inputs(spec, spec.model.vocab_size if spec.artifacts is None else None, f"{args.spec}: model.vocab_size")
     timings: dict = {}
 
     def connect() -> None:
@@ -80,12 +85,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         timings["ray_init_s"] = time.perf_counter() - t0
 
     console.print(f"campaign [bold]{spec.name}[/]: {len(spec.seeds)} seed(s) × train + {len(spec.evals)} eval(s), store {spec.store}")
-    report = Driver(spec, log=lambda m: console.print(escape(m)), connect=connect, take_over=args.take_over).run()
+    store = open_store(spec.store)
+    live = LiveProgress(spec, store, console)
+    report = Driver(spec, log=lambda m: console.print(escape(m)), connect=connect, take_over=args.take_over, progress=live).run()
     timings.update(run_wall_s=report.wall_s, units_s=report.durations)
     summary = build_summary(spec, open_store(spec.store), timings)
     out = write_summary(summary, args.results_dir or spec.results_dir)
     console.print(render_table(summary))
+    cost = campaign_status(spec, store).cost
+    console.print(cost_table(cost, detail=False))  # `pipeline cost` adds a row per seed and recipe
+    for line in cost_lines(cost):
+        console.print(escape(line))
     console.print(f"ran {len(report.done)} unit(s), skipped {len(report.skipped)} already DONE, in {report.wall_s:.1f}s; summary: {out}")
+    for what, why in report.estimated.items():
+        console.print(f"[cyan]ESTIMATED[/] {what}: {escape(why)} (drop its stop_when and run again for the full number)")
+    if report.budget:
+        console.print(f"[yellow]PENDING[/] {escape(report.budget)}: raise budget_usd and run again to go on")
     for u, msg in report.failed.items():
         console.print(f"[red]FAILED[/] {u}: {escape(msg)}")
         for line in summary["failed"].get(u.id, {}).get("tail") or []:
@@ -96,7 +111,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         console.print(f"[yellow]not run[/] {u}: its training did not finish")
     if report.lease_lost:
         console.print(f"[red]stopped[/]: the campaign was taken over by {report.lease_lost}")
-    if report.failed or report.blocked or report.waiting or report.lease_lost:
+    if report.failed or report.blocked or report.waiting or report.lease_lost or report.budget:
         return 1
     return 0
 
@@ -106,6 +121,7 @@ def _check_eval_unit(args: argparse.Namespace, spec) -> None:
     recipe are the spec's, the store answers, the seed's model is trained, the val shards, tokenizer
     and model agree (workers.data.check_eval_inputs), and --shard is one of the plan's shards (the
     stored plan's, or the one this command would write)."""
+    from pipeline.artifacts import check_artifacts
     from pipeline.store import Layout, open_store
     from workers.data import check_eval_inputs
     from workers.plan import make_plan, plan_geometry
@@ -122,9 +138,13 @@ def _check_eval_unit(args: argparse.Namespace, spec) -> None:
     store, layout = open_store(spec.store), Layout(spec.name)
     store.check()
     manifest = layout.manifest(args.seed)
-    if not store.exists(manifest):
+    if spec.artifacts is not None:  # eval-only: the artifact is imported after these checks
+        check_artifacts(spec, args.spec)
+        vocab = None  # the artifact's, checked when it is loaded
+    elif not store.exists(manifest):
         raise ValueError(f"{store.uri}/{manifest}: not found: seed {args.seed} has no trained model (`pipeline run {args.spec}` trains it)")
-    vocab = (store.get_json(manifest).get("config") or {}).get("vocab_size", spec.model.vocab_size)
+    else:
+        vocab = (store.get_json(manifest).get("config") or {}).get("vocab_size", spec.model.vocab_size)
     check_eval_inputs(spec, vocab, f"seed {args.seed}'s model vocab_size")
     if args.shard is not None:
         recipe, key = spec.eval_recipe(args.recipe), layout.plan(args.seed, args.recipe)
@@ -138,6 +158,7 @@ def _check_eval_unit(args: argparse.Namespace, spec) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """One eval unit in this process, no Ray: resumes from the store like a Ray task would."""
+    from pipeline.artifacts import import_artifacts
     from pipeline.campaign import check_campaign
     from pipeline.driver import resolve_paths
     from pipeline.lease import Lease
@@ -150,6 +171,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _check_eval_unit(args, spec)
     store, layout = open_store(spec.store), Layout(spec.name)
     check_campaign(spec, store)  # an eval under a changed spec must not write into the old campaign
+    import_artifacts(spec, store)  # eval-only: the seed's artifact becomes its committed training
     # One `pipeline eval` per unit; a driver's attempts of the same unit may still run beside it
     # (attempts are fenced, so any mix of them gives the same number).
     where = layout.eval_dir(args.seed, args.recipe) if args.shard is None else layout.shard_dir(args.seed, args.recipe, args.shard)
@@ -180,6 +202,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec)
     print(f"{args.spec}: ok ({spec.name}, {len(spec.seeds)} seeds, {len(spec.evals)} evals, fingerprint {spec.fingerprint()[:12]})")
+    for e in spec.evals:  # legality is read off each recipe's definition (README: Legality)
+        print(f"  {e.name}: {e.legality.label} ({e.legality.why})")
     return 0
 
 
@@ -237,6 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
     ds = d.add_parser("stdlib-corpus", help="write this Python's standard-library docstrings as a .jsonl corpus")
     ds.add_argument("--out", required=True)
     ds.set_defaults(func=cmd_data_stdlib)
+
+    from pipeline.progress.cli import register as add_progress_parsers  # status, cost, compare
+
+    add_progress_parsers(sub)
+    from pipeline.pods.cli import add_pods_parser  # RunPod pods (README: Pods)
+
+    add_pods_parser(sub)
     return p
 
 

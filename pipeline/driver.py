@@ -24,10 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.artifacts import import_artifacts
 from pipeline.campaign import CampaignChanged, check_campaign
 from pipeline.errors import Action, Failure, RetryPolicy, UnitError, classify
 from pipeline.lease import Lease
 from pipeline.ledger import Ledger
+from pipeline.progress.budget import Budget, Projection, Rates, Work
+from pipeline.progress.pricing import LABEL_POD_ID, node_identity
+from pipeline.progress.stopping import EarlyStops, estimate_key
 from pipeline.spec import CampaignSpec
 from pipeline.store import Layout, Store, new_attempt_id, normalize_uri, open_store
 from pipeline.units import Unit, UnitState, UnitTracker
@@ -49,7 +53,8 @@ def resolve_paths(spec: CampaignSpec, base: Path | None = None) -> CampaignSpec:
         return str((base / p).resolve()) if "://" not in p else p
 
     data = spec.data.model_copy(update={"shards": absolute(spec.data.shards), "tokenizer": absolute(spec.data.tokenizer)})
-    return spec.model_copy(update={"data": data, "store": normalize_uri(spec.store, base)})
+    arts = {s: absolute(p) for s, p in spec.artifacts.items()} if spec.artifacts is not None else None
+    return spec.model_copy(update={"data": data, "store": normalize_uri(spec.store, base), "artifacts": arts})
 
 
 def git_commit() -> str | None:
@@ -61,8 +66,8 @@ def git_commit() -> str | None:
         return None
 
 
-def campaign_lease(store: Store, spec: CampaignSpec) -> Lease:
-    return Lease(store, Layout(spec.name).lease_dir, f"campaign {spec.name!r} in {store.uri}", "driver")
+def campaign_lease(store: Store, spec: CampaignSpec, run_id: str | None = None) -> Lease:
+    return Lease(store, Layout(spec.name).lease_dir, f"campaign {spec.name!r} in {store.uri}", "driver", token=run_id)
 
 
 # --- what runs on the cluster -----------------------------------------------------------------
@@ -109,12 +114,15 @@ def _fit_group(
 
 
 def _place(spec: CampaignSpec, store_uri: str, run_id: str, unit: Unit, attempt: str, **extra: Any) -> None:
-    """The `placed` event of an attempt: node, GPUs and pid of this process."""
+    """The `placed` event of an attempt: node, pod (its label, where the node is a pod), GPUs and pid
+    of this process."""
     import ray
 
     ctx = ray.get_runtime_context()
+    labels = ctx.get_node_labels() or {}
     Ledger(open_store(store_uri), Layout(spec.name), run_id).placed(
-        unit, attempt=attempt, node_id=ctx.get_node_id(), gpu_ids=[str(g) for g in ray.get_gpu_ids()], pid=os.getpid(), **extra
+        unit, attempt=attempt, node_id=ctx.get_node_id(), pod=labels.get(LABEL_POD_ID), gpu_ids=[str(g) for g in ray.get_gpu_ids()],
+        pid=os.getpid(), **extra,
     )
 
 
@@ -209,6 +217,8 @@ class RunReport:
     done: list[Unit] = field(default_factory=list)  # ran to DONE in this run
     skipped: list[Unit] = field(default_factory=list)  # DONE before this run
     failed: dict[Unit, str] = field(default_factory=dict)
+    estimated: dict[str, str] = field(default_factory=dict)  # "seed/recipe" → why its stop rule ended it
+    budget: str | None = None  # why units were left PENDING by the budget
     blocked: list[Unit] = field(default_factory=list)  # could not run: their training failed
     waiting: dict[str, str] = field(default_factory=dict)  # unit → what it waited for in vain (left PENDING)
     lease_lost: str | None = None  # another driver took the campaign over mid-run
@@ -241,8 +251,13 @@ class CapacityWaits:
     pods): each waits at most `limit_s`, saying once a minute what it waits for; then the run
     ends with it PENDING."""
 
-    def __init__(self, limit_s: float, log: Callable[[str], None], now: Callable[[], float] = time.monotonic):
-        self.limit_s, self.log, self.now = limit_s, log, now
+    def __init__(
+        self, limit_s: float, log: Callable[[str], None], now: Callable[[], float] = time.monotonic,
+        record: Callable[[str, str | None], Any] | None = None,
+    ):
+        """`record(key, what)` is told when a wait starts and (what=None) ends: the ledger, so
+        `pipeline status` can say what waits and why."""
+        self.limit_s, self.log, self.now, self.record = limit_s, log, now, record
         self.since: dict[str, float] = {}
         self.said: dict[str, float] = {}
         self.what: dict[str, str] = {}
@@ -251,7 +266,10 @@ class CapacityWaits:
         """Record that `key` needs `need` GPUs now; True while it may still wait."""
         t = self.now()
         self.since.setdefault(key, t)
-        self.what[key] = f"{key} waits for {need:g} GPUs; the cluster has {capacity:g}"
+        what = f"{key} waits for {need:g} GPUs; the cluster has {capacity:g}"
+        if self.record is not None and self.what.get(key) != what:
+            self.record(key, what)
+        self.what[key] = what
         if t - self.said.get(key, -1e18) >= 60:
             left = self.limit_s - (t - self.since[key])
             self.log(f"{self.what[key]} (giving up in {left:.0f} s)")
@@ -259,6 +277,8 @@ class CapacityWaits:
         return t - self.since[key] < self.limit_s
 
     def satisfied(self, key: str) -> None:
+        if self.record is not None and key in self.what:
+            self.record(key, None)
         self.since.pop(key, None)
         self.said.pop(key, None)
         self.what.pop(key, None)
@@ -272,6 +292,7 @@ class Attempt:
     unit: Unit
     id: str
     started: float
+    gpus: float = 1.0
 
 
 class Driver:
@@ -284,10 +305,12 @@ class Driver:
         eval_fn: Callable[..., dict] = _eval_unit,
         group_eval_fn: Callable[..., dict] = _eval_group_unit,
         take_over: bool = False,
+        progress: Any = None,
     ):
         """`connect` starts or joins Ray; it is called only when there is work to run, so a
         finished campaign re-runs (and reports) without a cluster. `train_fn` / `eval_fn` are what
-        the Ray tasks run (bench/makespan_bench.py swaps in simulated work of the same shape)."""
+        the Ray tasks run (bench/makespan_bench.py swaps in simulated work of the same shape).
+        `progress` (pipeline/progress/live.py) is started with this run's id and shows it live."""
         self.spec = spec
         self.connect = connect
         self.train_fn, self.eval_fn, self.group_eval_fn = train_fn, eval_fn, group_eval_fn
@@ -297,12 +320,23 @@ class Driver:
         self.log = log
         self.ledger = Ledger(self.store, self.layout, run_id=new_attempt_id())
         self.tracker = UnitTracker()
-        self.lease = campaign_lease(self.store, spec)
-        self.waits = CapacityWaits(spec.cluster.wait_for_capacity_s, log)
+        self.lease = campaign_lease(self.store, spec, self.ledger.run_id)
+        self.waits = CapacityWaits(spec.cluster.wait_for_capacity_s, log, record=self.ledger.waiting)
         self.failures: dict[Unit, list[Failure]] = {}
         self.not_before: dict[Unit, float] = {}  # retry backoff
         self.avoid: dict[Unit, tuple[str, ...]] = {}  # nodes a retry should stay off
         self.unplanned: list[int] = []  # seeds whose training is done but whose evals are not planned
+        self.progress = progress
+        self.stops = EarlyStops(spec, self.store, every_s=min(spec.checkpoint_every_s, 30.0))
+        self.budget = Budget(spec.budget_usd, log)
+        self.rates = Rates()
+        self.spent_before_usd = 0.0  # what earlier runs of this campaign cost (ledger)
+        self.spent_usd = 0.0  # this run's finished attempts
+        self.shard_batches: dict[Unit, int] = {}
+        self.recipe_batches: dict[str, int] = {}  # batches of a recipe's plan (the same for every seed)
+        self.nodes: list[dict] | None = None  # the cluster as last recorded in the ledger
+        self.usd_per_gpu_s = spec.cluster.pricing.usd_per_gpu_hour / 3600.0
+        self.budget_blocked = False
 
     def _capacity(self) -> float:
         import ray
@@ -326,12 +360,18 @@ class Driver:
             if self.store.exists(self.layout.result(seed, recipe.name)):
                 continue
             plan = ensure_plan(self.store, self.spec, seed, recipe, max(1, int(capacity)))
+            est = estimate_key(self.layout, seed, recipe)
+            estimated = est is not None and self.store.exists(est)
             for k in range(len(plan["shards"])):
                 u = Unit.eval(seed, recipe.name, k)
+                self.shard_batches[u] = len(plan["shards"][k])
+                self.recipe_batches[recipe.name] = plan["batches"]
                 done = self.store.exists(u.commit_key(self.layout))
-                self.tracker.add(u, UnitState.DONE if done else UnitState.PENDING)
-                if done:
+                self.tracker.add(u, UnitState.DONE if done else UnitState.ESTIMATED if estimated else UnitState.PENDING)
+                if done or estimated:
                     report.skipped.append(u)
+            if estimated:
+                report.estimated[f"{seed}/{recipe.name}"] = self.store.get_json(est)["why"]
             self._merge_if_complete(seed, recipe.name)
 
     def _plan_ready(self, report: RunReport, capacity: float) -> None:
@@ -350,26 +390,90 @@ class Driver:
             note = f"; {len(r['conflicts'])} batch(es) scored differently by two attempts" if r.get("conflicts") else ""
             self.log(f"result seed {seed} {recipe}: val_bpb {r['val_bpb']:.6f} ({r['shards']} shard(s)){note}")
 
+    def _eval_finished(self, seed: int, recipe) -> bool:
+        """Merged, or ended early by its current stop rule."""
+        if self.store.exists(self.layout.result(seed, recipe.name)):
+            return True
+        est = estimate_key(self.layout, seed, recipe)
+        return est is not None and self.store.exists(est)
+
+    def _measure_history(self) -> None:
+        """What earlier runs spent and how fast their units went: the budget's starting point."""
+        from pipeline.progress.cost import cost_report
+
+        events = self.ledger.events()
+        report = cost_report(events, time.time())
+        self.spent_before_usd = report.total_usd
+        for a in report.attempts:
+            if a.outcome == "DONE":
+                self.rates.observe(a.unit.split("/")[0], a.recipe or "", a.seconds(time.time()) * a.gpus, a.batches)
+
+    def _record_cluster(self) -> None:
+        """A `cluster` event when the nodes (or their liveness) changed; the price of a GPU-second
+        follows the alive nodes."""
+        import ray
+
+        nodes = [node_identity(n, self.spec.cluster.pricing).as_dict() for n in ray.nodes()]
+        nodes.sort(key=lambda n: n["node_id"])
+        if nodes != self.nodes:
+            self.nodes = nodes
+            self.ledger.cluster(nodes)
+            alive = [n for n in nodes if n["alive"] and n["gpus"] > 0]
+            gpus = sum(n["gpus"] for n in alive)
+            if gpus:
+                self.usd_per_gpu_s = sum(n["gpus"] * n["usd_per_gpu_hour"] for n in alive) / gpus / 3600.0
+
+    def _projection(self, running: dict[Any, Attempt]) -> Projection:
+        now = time.perf_counter()
+        t = self.spec.train
+        work = [
+            Work(u.kind, u.recipe, self._slots(u), self.shard_batches.get(u))
+            for u in self.tracker.in_state(UnitState.PENDING)
+        ] + [
+            Work(a.unit.kind, a.unit.recipe, a.gpus, self.shard_batches.get(a.unit), now - a.started) for a in running.values()
+        ] + [  # evals of seeds still training: not planned yet
+            Work("eval", e.name, 1, self.recipe_batches.get(e.name))
+            for s in self.spec.seeds if self.tracker.states.get(Unit.train(s)) != UnitState.DONE
+            for e in self.spec.evals
+        ]
+        running_usd = sum((now - a.started) * a.gpus for a in running.values()) * self.usd_per_gpu_s
+        spent = self.spent_before_usd + self.spent_usd + running_usd
+        return Budget.project(spent, work, self.rates, self.usd_per_gpu_s, t.max_wallclock_s * self._slots(Unit.train(0)))
+
     def run(self) -> RunReport:
         t_start = time.perf_counter()
         report = RunReport(self.spec)
         spec, layout = self.spec, self.layout
         self.store.clean_tmp(layout.root)  # what interrupted writes of an earlier run left
-        evals_left = {s: [e for e in spec.evals if not self.store.exists(layout.result(s, e.name))] for s in spec.seeds}
+        evals_left = {s: [e for e in spec.evals if not self._eval_finished(s, e)] for s in spec.seeds}
         trains_left = [s for s in spec.seeds if not self.store.exists(Unit.train(s).commit_key(layout))]
         if not trains_left and not any(evals_left.values()):
             check_campaign(spec, self.store)
             report.skipped = [Unit.train(s) for s in spec.seeds] + [Unit.eval(s, e.name) for s in spec.seeds for e in spec.evals]
-            self.log(f"every unit is already DONE in {self.store.uri}")
+            for s in spec.seeds:
+                for e in spec.evals:
+                    est = estimate_key(layout, s, e)
+                    if not self.store.exists(layout.result(s, e.name)) and est and self.store.exists(est):
+                        report.estimated[f"{s}/{e.name}"] = self.store.get_json(est)["why"]
+            self.log(f"every unit is already DONE{' or ESTIMATED' if report.estimated else ''} in {self.store.uri}")
             return report
         check_campaign(spec, self.store)
         replaced = self.lease.acquire(self.take_over)
         if replaced is not None and not replaced.released:
             self.log(f"took the campaign over from {replaced.describe(time.time())}")
         self.lease.start_heartbeat()
+        import_artifacts(spec, self.store, self.log)  # eval-only seeds: their artifact is their training's commit
+        self.store.put_new_json(layout.run(self.ledger.run_id), {
+            "version": 1, "run": self.ledger.run_id, "start": time.time(), "spec": spec.model_dump(mode="json"),
+        })
+        self._measure_history()
+        if self.progress is not None:
+            self.progress.start(self.ledger.run_id)
         try:
             self._run(report, evals_left)
         finally:
+            if self.progress is not None:
+                self.progress.stop()
             self.lease.release()
         report.wall_s = time.perf_counter() - t_start
         return report
@@ -427,18 +531,24 @@ class Driver:
                     opts = {"num_gpus": 1, **({"scheduling_strategy": strategy} if strategy else {})}
                     ref = eval_remote.options(**opts).remote(*args)
             self.tracker.move(u, UnitState.RUNNING)
-            self.ledger.record(u, UnitState.RUNNING, attempt=attempt, n=len(self.failures.get(u, [])) + 1)
-            running[ref] = Attempt(u, attempt, time.perf_counter())
+            self.ledger.record(u, UnitState.RUNNING, attempt=attempt, n=len(self.failures.get(u, [])) + 1, gpus=self._slots(u))
+            running[ref] = Attempt(u, attempt, time.perf_counter(), self._slots(u))
             self.log(f"start  {u}")
 
         self._plan_ready(report, capacity)
         if report.skipped:
             self.log(f"skipping {len(report.skipped)} unit(s) already DONE in {self.store.uri}")
         to_merge: list[tuple[int, str]] = []  # (seed, recipe) whose shard just finished
+        self._record_cluster()
         while not self.lease.lost.is_set():
             now = time.monotonic()
             self._plan_ready(report, capacity)
+            if self.stops.due():
+                self._early_stops(running, report)
             pending = [u for u in self.tracker.in_state(UnitState.PENDING) if self.not_before.get(u, 0) <= now]
+            self.budget_blocked = bool(pending) and not self.budget.allows(self._projection(running))
+            if self.budget_blocked:
+                pending = []
             busy = {"train": 0.0, "eval": 0.0}
             for att in running.values():
                 busy[att.unit.kind] += self._slots(att.unit)
@@ -461,6 +571,7 @@ class Driver:
             if not running:
                 time.sleep(TICK_S)
             capacity = self._capacity()  # nodes come and go (a pod dies, a replacement joins)
+            self._record_cluster()
             if not ready:
                 continue
             att = running.pop(ready[0])
@@ -470,8 +581,12 @@ class Driver:
             except Exception as err:  # noqa: BLE001 - classified below, never swallowed
                 self._on_error(att, err, secs, report)
                 continue
+            # the batches this attempt scored (a resumed shard's earlier ones were paid for before)
+            batches = out.get("batches", 0) - out.get("run", {}).get("resumed_batches", 0) if u.kind == "eval" else None
             self.tracker.move(u, UnitState.DONE)
-            self.ledger.record(u, UnitState.DONE, attempt=att.id, seconds=secs)
+            self.ledger.record(u, UnitState.DONE, attempt=att.id, seconds=secs, batches=batches)
+            self.spent_usd += secs * att.gpus * self.usd_per_gpu_s
+            self.rates.observe(u.kind, u.recipe, secs * att.gpus, batches)
             report.done.append(u)
             report.durations[u.id] = secs
             if u.kind == "train":
@@ -484,10 +599,37 @@ class Driver:
             holder = self.lease.holder()
             report.lease_lost = holder.describe(time.time()) if holder else "another driver"
             self.log(f"the campaign was taken over by {report.lease_lost}; stopping (running attempts are fenced)")
-        report.blocked = [u for u in self.tracker.in_state(UnitState.PENDING) if u.id not in report.waiting] + [
+        left = [] if report.budget else self.tracker.in_state(UnitState.PENDING)  # the budget says why those wait
+        report.blocked = [u for u in left if u.id not in report.waiting] + [
             Unit.eval(s, e.name) for s in spec.seeds for e in evals_left[s]
             if self.tracker.state(Unit.train(s)) != UnitState.DONE and s not in self.unplanned
         ]
+
+    def _early_stops(self, running: dict[Any, Attempt], report: RunReport) -> None:
+        """Evals whose stop rule holds now end ESTIMATED: their running shards are cancelled (what
+        they flushed stays in the store for a later full run), their pending ones not started."""
+        import ray
+
+        live = {UnitState.PENDING, UnitState.RUNNING}
+        evals = {(u.seed, u.recipe) for u, st in self.tracker.states.items() if u.kind == "eval" and st in live}
+        evals = {(s, r) for s, r in evals if self.spec.eval_recipe(r).stop_when is not None}
+        if not evals:
+            return
+        for seed, recipe, decision in self.stops.check(evals):
+            for ref, att in list(running.items()):
+                if att.unit.kind == "eval" and (att.unit.seed, att.unit.recipe) == (seed, recipe):
+                    ray.cancel(ref, force=True)
+                    running.pop(ref)
+                    secs = time.perf_counter() - att.started
+                    self.spent_usd += secs * att.gpus * self.usd_per_gpu_s
+                    self.tracker.move(att.unit, UnitState.ESTIMATED)
+                    self.ledger.record(att.unit, UnitState.ESTIMATED, attempt=att.id, seconds=secs, **self._committed(att), reason=decision.why)
+            for u in self.tracker.in_state(UnitState.PENDING):
+                if u.kind == "eval" and (u.seed, u.recipe) == (seed, recipe):
+                    self.tracker.move(u, UnitState.ESTIMATED)
+                    self.ledger.record(u, UnitState.ESTIMATED, reason=decision.why)
+            report.estimated[f"{seed}/{recipe}"] = decision.why
+            self.log(f"estimated seed {seed} {recipe}: {decision.why}; stopped by its stop_when rule")
 
     def _keep_waiting(self, running: dict[Any, Attempt], capacity: float, report: RunReport) -> bool:
         """Whether the loop has anything left to wait for. Units the cluster cannot hold now (and
@@ -498,7 +640,9 @@ class Driver:
 
         launchable = still_waiting = False
         for u in self.tracker.in_state(UnitState.PENDING):
-            if self._slots(u) <= capacity:
+            if self.budget_blocked:
+                report.budget = self.budget.stopped
+            elif self._slots(u) <= capacity:
                 launchable = True  # now, or after its retry backoff
                 self.waits.satisfied(u.id)
                 report.waiting.pop(u.id, None)
@@ -540,6 +684,15 @@ class Driver:
         alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
         return nodes, nodes - alive
 
+    def _committed(self, att: Attempt) -> dict[str, Any]:
+        """When a dying attempt last committed work, for the ledger's lost-work cost."""
+        from pipeline.progress.cost import AttemptCost
+        from pipeline.progress.view import committed_until
+
+        a = AttemptCost(att.unit.id, att.id, self.ledger.run_id, 0.0, att.gpus)
+        until = committed_until(self.store, self.layout, a)
+        return {} if until is None else {"committed_until": until}
+
     def _on_error(self, att: Attempt, err: BaseException, secs: float, report: RunReport) -> None:
         u = att.unit
         nodes, dead = self._attempt_nodes(att)
@@ -547,9 +700,11 @@ class Driver:
         history = self.failures.setdefault(u, [])
         decision = self._policy(u).decide(failure, history)
         history.append(failure)
+        self.spent_usd += secs * att.gpus * self.usd_per_gpu_s
+        committed = self._committed(att)
         if decision.action is Action.RETRY:
             self.tracker.move(u, UnitState.INTERRUPTED)
-            self.ledger.record(u, UnitState.INTERRUPTED, attempt=att.id, seconds=secs, **failure.as_dict())
+            self.ledger.record(u, UnitState.INTERRUPTED, attempt=att.id, seconds=secs, **committed, **failure.as_dict())
             self.tracker.move(u, UnitState.PENDING)
             self.ledger.record(u, UnitState.PENDING, reason=decision.reason, delay_s=decision.delay_s)
             self.not_before[u] = time.monotonic() + decision.delay_s
@@ -557,6 +712,6 @@ class Driver:
             self.log(f"interrupted {u}: {decision.reason}; retrying in {decision.delay_s:.0f} s")
             return
         self.tracker.move(u, UnitState.FAILED)
-        self.ledger.record(u, UnitState.FAILED, attempt=att.id, seconds=secs, reason=decision.reason, **failure.as_dict())
+        self.ledger.record(u, UnitState.FAILED, attempt=att.id, seconds=secs, reason=decision.reason, **committed, **failure.as_dict())
         report.failed[u] = decision.reason
         self.log(f"FAILED {u}: {decision.reason}")

@@ -53,6 +53,12 @@ class Holder:
             return True
         return take_over and self.age(now) > self.ttl_s
 
+    def live(self, now: float) -> bool:
+        """Whether the holder still holds it, as far as anyone can tell from here."""
+        if self.released or (self.host == platform.node() and not _pid_alive(self.pid)):
+            return False
+        return self.age(now) <= self.ttl_s
+
     def describe(self, now: float) -> str:
         return f"{self.what} {self.host}:{self.pid} (heartbeat {self.age(now):.0f} s ago, started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.started))})"
 
@@ -68,10 +74,14 @@ def _pid_alive(pid: int) -> bool:
 
 
 class Lease:
-    def __init__(self, store: Store, prefix: str, name: str, what: str, ttl_s: float = 180.0, renew_s: float = 30.0):
+    def __init__(
+        self, store: Store, prefix: str, name: str, what: str, ttl_s: float = 180.0, renew_s: float = 30.0, token: str | None = None,
+    ):
+        """`token` names the holder (a driver passes its run id, so the ledger's events of the run
+        that holds the campaign can be told from those of drivers that died)."""
         self.store, self.prefix, self.name, self.what = store, prefix, name, what
         self.ttl_s, self.renew_s = ttl_s, renew_s
-        self.token = uuid.uuid4().hex
+        self.token = token or uuid.uuid4().hex
         self.gen: int | None = None
         self.started = time.time()
         self.lost = threading.Event()  # set when another process took the lease over

@@ -1,4 +1,4 @@
-"""Append-only event ledger in the store: one object per unit transition (design §3, §7).
+"""Append-only event ledger in the store: one object per unit transition (README "Store layout").
 
 `events/<time_ns>-<rand>.json`: names sort by time, objects are never rewritten, so several drivers
 (or a restarted one) append without coordination. Cost and progress are computed from these later.
@@ -28,6 +28,15 @@ class Ledger:
     def placed(self, unit: Unit, **where: Any) -> dict[str, Any]:
         """Where an attempt of a unit landed (node, GPUs, pid), written by the task itself."""
         return self._append({"event": "placed", "unit": unit.id, "host": platform.node(), **where})
+
+    def cluster(self, nodes: list[dict[str, Any]]) -> dict[str, Any]:
+        """The nodes the driver sees now (id, alive, GPUs, GPU type, price, pod): written when they
+        change, so pod time no unit used (idle cost) can be told from the ledger."""
+        return self._append({"event": "cluster", "nodes": nodes})
+
+    def waiting(self, key: str, what: str | None) -> dict[str, Any]:
+        """A unit starts (`what`) or stops (None) waiting for something the cluster lacks."""
+        return self._append({"event": "waiting", "key": key, "what": what})
 
     def _append(self, body: dict[str, Any]) -> dict[str, Any]:
         now = time.time_ns()

@@ -10,6 +10,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -31,6 +32,31 @@ Name = Annotated[str, AfterValidator(_check_name)]
 
 class SpecError(ValueError):
     """Bad campaign spec. `str(err)` is one line naming the file and the field."""
+
+
+def later(default: Any, **kw: Any) -> Any:
+    """A field added after campaigns were already fingerprinted: left out of the fingerprint while
+    it holds its default (today's behaviour), so existing campaigns keep their identity."""
+    return Field(default, json_schema_extra={"omit_at_default": True}, **kw)
+
+
+def _later_defaults(m: BaseModel) -> dict[Any, Any]:
+    """model_dump's `exclude` for every `later` field still at its default, nested."""
+    out: dict[Any, Any] = {}
+    for name, info in type(m).model_fields.items():
+        v = getattr(m, name)
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        if extra.get("omit_at_default") and v == info.get_default(call_default_factory=True):
+            out[name] = True
+        elif isinstance(v, BaseModel) and (sub := _later_defaults(v)):
+            out[name] = sub
+        elif isinstance(v, list) and (subs := {i: x for i, e in enumerate(v) if isinstance(e, BaseModel) and (x := _later_defaults(e))}):
+            out[name] = subs
+    return out
+
+
+Beta = Annotated[float, Field(ge=0, lt=1)]
+ADAM_BETAS = (0.9, 0.999)  # torch's AdamW defaults
 
 
 class _Strict(BaseModel):
@@ -58,6 +84,17 @@ class ModelConfig(_Strict):
     logit_softcap: float = Field(30.0, gt=0)
     qk_gain_init: float = Field(1.5, gt=0)
     tied_embed_init_std: float = Field(0.005, gt=0)
+    adapter: str | None = later(
+        None, description="'package.module:function' building the eval model from an artifact (README: Model adapters); "
+        "None = this project's GPT; the other fields then describe the GPT"
+    )
+
+    @field_validator("adapter")
+    @classmethod
+    def _adapter(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", v):
+            raise ValueError(f"{v!r} is not 'package.module:function'")
+        return v
 
     @model_validator(mode="after")
     def _heads(self) -> ModelConfig:
@@ -129,9 +166,16 @@ class SlotPass(_Strict):
     steps: int = Field(100, ge=1)
     weight_decay: float = Field(1e-8, ge=0)
     eps: float = Field(1e-5, gt=0)
-    loss_positions: Literal["scored", "all"] = Field(
-        "scored", description="fit δ on the positions that are scored, or on every position of the windows"
+    loss_positions: Literal["scored", "all", "padded", "context"] = Field(
+        "scored", description="fit δ on the scored positions; every position of the windows; every position of the "
+        "batch padded to [batch, seq_len], padding included (PR #1176); or only positions scored by earlier batches"
     )
+    schedule: Literal["cosine", "constant"] = later("cosine", description="lr over the steps (constant: PR #1176)")
+    progress: Literal["t/steps", "t/(steps-1)"] = later(
+        "t/steps", description="cosine position of step t: t/steps never reaches lr_min, t/(steps-1) does (PR #1722)"
+    )
+    betas: tuple[Beta, Beta] = later(ADAM_BETAS, description="AdamW betas")
+    logits_dtype: Literal["fp32", "bf16"] = later("fp32", description="bf16: H + δ rounded to bf16 before the head (PR #1176)")
 
 
 class SlotPerSamplePass(_Strict):
@@ -142,6 +186,14 @@ class SlotPerSamplePass(_Strict):
     lr: float = Field(0.008, gt=0)
     lr_min: float = Field(0.0008, ge=0)
     steps: int = Field(16, ge=1)
+    weight_decay: float = later(0.01, ge=0, description="AdamW weight decay (default: torch's; PR #1722: 1e-8)")
+    eps: float = later(1e-8, gt=0, description="AdamW eps (default: torch's; PR #1722: 1e-5)")
+    betas: tuple[Beta, Beta] = later(ADAM_BETAS, description="AdamW betas (PR #1722: 0.9, 0.95)")
+    schedule: Literal["cosine", "constant"] = later("cosine")
+    progress: Literal["t/steps", "t/(steps-1)"] = later("t/steps", description="cosine position of step t (PR #1722: t/(steps-1))")
+    loss_positions: Literal["scored", "context"] = later(
+        "scored", description="fit each window's δ on its scored positions, or only on its context (positions earlier windows scored)"
+    )
 
 
 class TTTPass(_Strict):
@@ -152,7 +204,16 @@ class TTTPass(_Strict):
     chunk_tokens: int = Field(32768, ge=2)
     epochs: int = Field(3, ge=1)
     lr: float = Field(0.002, gt=0, description="peak lr; chunk c uses lr · ½(1 + cos(π c / (n − 1)))")
-    optimizer: Literal["sgd", "muon"] = Field("sgd", description="muon: Newton–Schulz step for 2-D weights, SGD for the rest")
+    optimizer: Literal["sgd", "muon", "muon_plain", "adamw"] = Field(
+        "sgd", description="muon: Newton–Schulz step for 2-D weights, SGD for the rest; muon_plain: PR #1176's Muon-TTT "
+        "(no momentum, no shape scale, bf16 Newton–Schulz for ≥2-D, plain gradient steps for the rest); adamw"
+    )
+    betas: tuple[Beta, Beta] = later(ADAM_BETAS, description="adamw betas")
+    weight_decay: float = later(0.01, ge=0, description="adamw weight decay (torch's default)")
+    then: Literal["per_chunk", "after"] = later(
+        "per_chunk", description="per_chunk: each chunk is scored by the next pass before TTT trains on it; after: the "
+        "whole TTT pass first, then the next pass scores all of val on the final model (PR #1176's TTT + SLOT)"
+    )
     momentum: float = Field(0.9, ge=0, lt=1)
     grad_clip: float = Field(1.0, ge=0, description="global grad-norm clip; 0 = off")
     batch_seqs: int = Field(32, ge=1, description="training sequences per step")
@@ -172,6 +233,23 @@ Pass = Annotated[SlidingPass | SlotPass | SlotPerSamplePass | TTTPass, Field(dis
 SCORING_KINDS = ("sliding", "slot", "slot_per_sample")
 
 
+class StopRule(_Strict):
+    """Stop an eval before its last batch once its running number says enough. Checked on a
+    confidence sequence (valid however often it is looked at), so stopping the first time the rule
+    holds errs at most `alpha` of the time."""
+
+    half_width: float | None = Field(None, gt=0, description="stop when the bpb interval's half-width is at most this")
+    worse_than: str | None = Field(None, description="stop when this recipe is worse (higher bpb) than that one, paired batch by batch")
+    alpha: float = Field(0.05, gt=0, lt=0.5, description="error rate of the decision")
+    min_batches: int = Field(30, ge=2, description="never decide on fewer batches than this")
+
+    @model_validator(mode="after")
+    def _one(self) -> StopRule:
+        if (self.half_width is None) == (self.worse_than is None):
+            raise ValueError("give exactly one of half_width, worse_than")
+        return self
+
+
 class EvalRecipe(_Strict):
     """A list of passes: optional adaptation (ttt) and one scoring pass last (sliding, slot,
     slot_per_sample). [ttt, slot] is TTT then SLOT on the adapted model."""
@@ -180,13 +258,19 @@ class EvalRecipe(_Strict):
     seq_len: int = Field(1024, ge=2)
     stride: int = Field(64, ge=1)
     batch_seqs: int = Field(32, ge=1, description="consecutive windows per batch")
-    window_filter: Literal["exact", "legacy"] = Field(
-        "exact", description="exact: every target scored once; legacy: the seeds' SLOT records (tail rescored)"
+    window_filter: Literal["exact", "legacy", "all"] = Field(
+        "exact", description="exact: every target scored once; legacy: the seeds' SLOT records (tail rescored); all: "
+        "every start, short tail windows included (PRs #1176, #1722)"
     )
+    rank_split: int = later(
+        1, ge=1, description="batch the windows as a record on k GPUs does: k contiguous parts, each batched from its own start"
+    )
+    val_truncate: bool = later(False, description="keep ((n − 1) // seq_len) · seq_len + 1 val tokens, as the records load val")
     passes: list[Pass] = Field(default_factory=lambda: [SlidingPass()], min_length=1)
     shards: int | None = Field(
         None, ge=1, description="split the batches over this many GPU tasks; None = the cluster's GPUs (ttt: always 1 unit, on ttt.gpus GPUs)"
     )
+    stop_when: StopRule | None = Field(None, description="end the eval early, ESTIMATED, once this holds (README \"Early answers\")")
 
     @model_validator(mode="after")
     def _check(self) -> EvalRecipe:
@@ -197,7 +281,19 @@ class EvalRecipe(_Strict):
         adapt = self.passes[:-1]
         if len(adapt) > 1 or any(p.kind != "ttt" for p in adapt):
             raise ValueError("passes: at most one ttt pass may come before the scoring pass")
+        if self.ttt is not None and self.ttt.then == "per_chunk" and self.rank_split > 1:
+            raise ValueError("rank_split: a per-chunk ttt recipe batches each chunk from its start; use then: after")
+        if self.stop_when is not None and not self.shardable:
+            raise ValueError("stop_when: a ttt recipe scores its chunks in val order, so its running number is a prefix with no interval")
         return self
+
+    def geometry(self) -> dict[str, Any]:
+        """What decides which windows make up which batch: two recipes with the same geometry score
+        the same batches, so they can be compared batch by batch."""
+        d = self.model_dump(mode="json")
+        for k in ("name", "passes", "shards", "stop_when"):
+            d.pop(k, None)
+        return d
 
     @property
     def kind(self) -> str:
@@ -221,6 +317,44 @@ class EvalRecipe(_Strict):
     def ttt(self) -> TTTPass | None:
         return self.passes[0] if len(self.passes) > 1 else None
 
+    @property
+    def legality(self) -> Legality:
+        return legality(self)
+
+
+SCORE_FIRST = "score-first"
+ADAPTS_ON_SCORED = "adapts-on-scored-tokens"
+
+
+@dataclass(frozen=True)
+class Legality:
+    """What the challenge later ruled on (README: Legality): may a token be scored by parameters or a
+    δ fitted on it or on later tokens?"""
+
+    label: str  # SCORE_FIRST | ADAPTS_ON_SCORED
+    why: str  # one line
+
+    def as_dict(self) -> dict[str, str]:
+        return {"label": self.label, "why": self.why}
+
+
+def legality(recipe: EvalRecipe) -> Legality:
+    """Derived from the recipe's definition alone, never from a run."""
+    ttt, scorer = recipe.ttt, recipe.scorer
+    if ttt is not None and ttt.then == "after":
+        return Legality(ADAPTS_ON_SCORED, "ttt then: after trains on all of val before the scoring pass scores it")
+    if scorer.kind != "sliding" and scorer.loss_positions != "context":
+        fitted = {"scored": "the positions it then scores", "all": "every position, the scored ones included",
+                  "padded": "every position of the padded batch, the scored ones included"}[scorer.loss_positions]
+        return Legality(ADAPTS_ON_SCORED, f"{scorer.kind} fits its δ on {fitted}")
+    parts = ["each chunk is scored before TTT trains on it"] if ttt is not None else []
+    if scorer.kind == "sliding":
+        parts.append("windows are scored by the model as it is")
+    else:
+        scope = "earlier batches" if scorer.kind == "slot" else "earlier windows"
+        parts.append(f"{scorer.kind} fits δ only on positions scored by {scope}")
+    return Legality(SCORE_FIRST, "; ".join(parts))
+
 
 class LocalCluster(_Strict):
     """Resources of the Ray instance `pipeline run` starts when no cluster address is given.
@@ -230,6 +364,15 @@ class LocalCluster(_Strict):
 
     num_cpus: int = Field(4, ge=1)
     num_gpus: int = Field(4, ge=0)
+
+
+class Pricing(_Strict):
+    """What a GPU costs where the node does not say (a RunPod pod's labels say it: README "Cost").
+    Locally it prices the logical GPU slots as the GPUs they stand for, so the demo's figures read
+    like a pod's."""
+
+    gpu_type: str = Field("unknown", min_length=1, description="shown in cost and status tables")
+    usd_per_gpu_hour: float = Field(0.0, ge=0, description="$ per GPU-hour; 0 = cost unknown")
 
 
 class ClusterSpec(_Strict):
@@ -245,6 +388,38 @@ class ClusterSpec(_Strict):
     accelerator: Literal["cuda", "cpu"] = Field("cuda", description="device the workers compute on")
     cpu_threads: int = Field(1, ge=1, description="torch threads per worker on CPU (fixed so results repeat bit for bit)")
     local: LocalCluster = LocalCluster()
+    pricing: Pricing = Field(default_factory=lambda: Pricing(), description="price of nodes that do not carry their own (pod labels)")
+    idle_stop_min: float = Field(
+        10.0, gt=0, description="a RunPod pod none of whose GPUs a unit used for this long is stopped (`pipeline pods "
+        "watch`, README: Pods); the head pod only once every pod is idle"
+    )
+
+
+class PodConfig(_Strict):
+    """One RunPod on-demand pod: a node type's `node_config` in cluster.yaml, or `pipeline pods up`'s
+    flags. Names follow podFindAndDeployOnDemand's input (README: Pods)."""
+
+    gpu_type_id: str = Field(min_length=1, description="RunPod GPU type id, e.g. 'NVIDIA H100 80GB HBM3'")
+    gpu_count: int = Field(1, ge=1, le=16)
+    image: str = Field("runpod/pytorch:2.8.0-py3.11-cuda12.8.1-cudnn-devel-ubuntu22.04", min_length=1)
+    cloud_type: Literal["ALL", "SECURE", "COMMUNITY"] = "SECURE"
+    container_disk_gb: int = Field(50, ge=1)
+    volume_gb: int = Field(0, ge=0, description="pod volume (kept while the pod is stopped); 0 = none")
+    volume_mount_path: str = "/workspace"
+    network_volume_id: str | None = Field(None, description="a RunPod network volume to mount at volume_mount_path")
+    min_vcpu: int = Field(8, ge=1)
+    min_memory_gb: int = Field(32, ge=1)
+    ports: list[str] = Field(default_factory=lambda: ["22/tcp"], description="'22/tcp' is how SSH reaches the pod")
+    env: dict[str, str] = Field(default_factory=dict)
+    docker_args: str = ""
+
+    @field_validator("ports")
+    @classmethod
+    def _ports(cls, v: list[str]) -> list[str]:
+        for p in v:
+            if not re.fullmatch(r"[0-9]{1,5}/(tcp|http)", p):
+                raise ValueError(f"{p!r} is not a port: use '22/tcp' or '8888/http'")
+        return v
 
 
 class CampaignSpec(_Strict):
@@ -259,6 +434,21 @@ class CampaignSpec(_Strict):
     checkpoint_every_s: float = Field(60.0, gt=0, description="eval progress is flushed to the store this often")
     results_dir: str = Field("results", description="where summaries are written, under <results_dir>/<name>/")
     cluster: ClusterSpec = ClusterSpec()
+    budget_usd: float | None = Field(
+        None, gt=0, description="start no unit once $ spent + $ projected to finish would pass this (README \"Budget\")"
+    )
+    artifacts: dict[int, str] | None = later(
+        None, description="eval-only campaign: each seed's existing artifact (a local file), instead of `train:`; "
+        "imported into the store, identified by its sha256 (README: Eval-only campaigns)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _seeds_from_artifacts(cls, data: Any) -> Any:
+        # an eval-only campaign names its seeds once, as the keys of `artifacts`
+        if isinstance(data, dict) and isinstance(data.get("artifacts"), dict) and "seeds" not in data:
+            data = {**data, "seeds": list(data["artifacts"])}
+        return data
 
     @field_validator("seeds")
     @classmethod
@@ -275,6 +465,25 @@ class CampaignSpec(_Strict):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"evals: duplicate recipe names {dup}")
+        for e in self.evals:
+            other = e.stop_when.worse_than if e.stop_when else None
+            if other is None:
+                continue
+            ref = next((r for r in self.evals if r.name == other), None)
+            if ref is None or ref is e:
+                raise ValueError(f"evals.{e.name}.stop_when.worse_than: {other!r} is not another recipe of this campaign")
+            if not ref.shardable or ref.geometry() != e.geometry():
+                raise ValueError(
+                    f"evals.{e.name}.stop_when.worse_than: {other!r} must score the same batches "
+                    "(same windows and batch layout, no ttt) to be compared batch by batch"
+                )
+        if self.artifacts is not None:
+            if self.train != TrainRecipe():  # compared, not "was it given": a dumped spec carries every field
+                raise ValueError("artifacts: an eval-only campaign has no train: (give one or the other)")
+            if set(self.artifacts) != set(self.seeds):
+                raise ValueError(f"artifacts: needs exactly one artifact per seed {self.seeds}, got seeds {sorted(self.artifacts)}")
+        elif self.model.adapter is not None:
+            raise ValueError("model.adapter: adapters load existing artifacts; give `artifacts:` (training builds this project's GPT)")
         if self.cluster.accelerator == "cuda" and self.train.gpus_per_worker < 1:
             raise ValueError("train.gpus_per_worker must be >= 1 when cluster.accelerator is cuda")
         return self
@@ -283,13 +492,16 @@ class CampaignSpec(_Strict):
     # progress is saved and how evals are split do not (resumed and sharded runs give the same
     # bits), so a campaign can resume on another cluster or store copy.
     def fingerprint_dict(self) -> dict[str, Any]:
-        d = self.model_dump(mode="json")
-        for k in ("cluster", "store", "checkpoint_every_s", "results_dir"):
+        d = self.model_dump(mode="json", exclude=_later_defaults(self))
+        if self.artifacts is not None:
+            d.pop("train")  # not run; the artifacts' digests stand in for it (pipeline/campaign.py)
+        for k in ("cluster", "store", "checkpoint_every_s", "results_dir", "budget_usd"):
             d.pop(k)
         for k in ("checkpoint_every_steps", "max_failures", "log_every", "keep_checkpoints"):
-            d["train"].pop(k)
+            d.get("train", {}).pop(k, None)
         for e in d["evals"]:
             e.pop("shards")
+            e.pop("stop_when")  # when to stop early decides whether there is a number, not its bits
         return d
 
     def fingerprint(self) -> str:
@@ -313,13 +525,22 @@ def _format_error(source: str, err: ValidationError) -> str:
     return f"{source}: {loc}: {msg}{more}"
 
 
-def parse_spec(data: Any, source: str = "<spec>") -> CampaignSpec:
+def _validated(model: type[_Strict], data: Any, source: str, what: str) -> Any:
     if not isinstance(data, dict):
-        raise SpecError(f"{source}: the campaign must be a mapping of keys, got {type(data).__name__}")
+        raise SpecError(f"{source}: {what}must be a mapping of keys, got {type(data).__name__}")
     try:
-        return CampaignSpec.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
         raise SpecError(_format_error(source, e)) from None
+
+
+def parse_spec(data: Any, source: str = "<spec>") -> CampaignSpec:
+    return _validated(CampaignSpec, data, source, "the campaign ")
+
+
+def parse_pod_config(data: Any, source: str) -> PodConfig:
+    """A node type's node_config (cluster.yaml) or `pipeline pods up`'s flags; one-line SpecError."""
+    return _validated(PodConfig, data, source, "")
 
 
 def load_spec(path: str | Path) -> CampaignSpec:

@@ -432,6 +432,14 @@ class Layout:
     def ttt_state(self, seed: int, recipe: str, shard: int, next_chunk: int, attempt: str) -> str:
         return f"{self.shard_dir(seed, recipe, shard)}/state-{next_chunk:06d}-{attempt}"
 
+    def estimate(self, seed: int, recipe: str, rule: str) -> str:
+        """Commit object of an eval stopped early by its stop rule (digest `rule`): ESTIMATED."""
+        return f"{self.eval_dir(seed, recipe)}/estimate-{rule}.json"
+
+    def run(self, run_id: str) -> str:
+        """What one driver run was given: its resolved spec (status and cost read it)."""
+        return f"{self.root}/runs/{run_id}.json"
+
     def result(self, seed: int, recipe: str) -> str:
         """Eval commit object: written when every shard is done, from all their records."""
         return f"{self.eval_dir(seed, recipe)}/result.json"

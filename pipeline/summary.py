@@ -10,6 +10,7 @@ from typing import Any
 
 from pipeline.spec import CampaignSpec
 from pipeline.ledger import Ledger
+from pipeline.progress.stopping import estimate_key
 from pipeline.store import Layout, Store
 
 SUMMARY_VERSION = 1
@@ -38,9 +39,18 @@ def build_summary(spec: CampaignSpec, store: Store, timings: dict[str, Any] | No
                 r = store.get_json(layout.result(seed, e.name))
                 per_seed[str(seed)] = {k: r[k] for k in ("val_bpb", "val_loss", "tokens", "bytes", "windows", "unigram_bpb")}
         bpbs = [v["val_bpb"] for v in per_seed.values()]
+        # Evals its stop rule ended: an estimate with its interval and % done, never in the mean.
+        estimated = {}
+        for seed in spec.seeds:
+            key = estimate_key(layout, seed, e)
+            if str(seed) not in per_seed and key and store.exists(key):
+                est = store.get_json(key)
+                estimated[str(seed)] = {**est["val_bpb"], "done": est["done"], "why": est["why"]}
         recipes[e.name] = {
             "kind": e.kind,
+            "legality": e.legality.as_dict(),  # from the recipe's definition (README: Legality)
             "seeds": per_seed,
+            "estimated": estimated,
             "n": len(bpbs),
             "complete": len(bpbs) == len(spec.seeds),
             "mean_val_bpb": statistics.fmean(bpbs) if bpbs else None,
@@ -79,16 +89,26 @@ def render_table(summary: dict[str, Any]):
     seeds = list(summary["seeds"])
     table = Table(title=f"{summary['campaign']}: val_bpb (std: sample, ddof={STD_DDOF})")
     table.add_column("eval")
+    table.add_column("legality")
     for s in seeds:
         table.add_column(f"seed {s}", justify="right")
     table.add_column("mean", justify="right")
     table.add_column("std", justify="right")
     for name, r in summary["evals"].items():
-        cells = [f"{r['seeds'][s]['val_bpb']:.6f}" if s in r["seeds"] else "-" for s in seeds]
+        cells = [_cell(r, s) for s in seeds]
         mean = f"{r['mean_val_bpb']:.6f}" if r["mean_val_bpb"] is not None else "-"
         std = f"{r['std_val_bpb']:.6f}" if r["std_val_bpb"] is not None else "-"
-        table.add_row(name, *cells, mean, std)
+        table.add_row(name, r.get("legality", {}).get("label", "-"), *cells, mean, std)
     return table
+
+
+def _cell(r: dict[str, Any], seed: str) -> str:
+    if seed in r["seeds"]:
+        return f"{r['seeds'][seed]['val_bpb']:.6f}"
+    est = r.get("estimated", {}).get(seed)
+    if est:
+        return f"~{est['value']:.5f} ± {est['half_width']:.5f} ({est['done']:.0%}, estimated)"
+    return "-"
 
 
 def is_finite_complete(summary: dict[str, Any]) -> bool:

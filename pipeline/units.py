@@ -3,14 +3,18 @@
 A unit is `train(seed)` or `eval(seed, recipe, shard)`.
 
     PENDING ──▶ RUNNING ──▶ DONE                      (its commit object is in the store)
-                   │
-                   ├──▶ INTERRUPTED ──▶ PENDING       (node died, worker crashed: resumed)
-                   └──▶ FAILED                        (a real error: bad input, a bug; kept with
-                                                      its message, tried again only by a new run)
+       │           │
+       │           ├──▶ INTERRUPTED ──▶ PENDING       (node died, worker crashed: resumed)
+       │           ├──▶ FAILED                        (a real error: bad input, a bug; kept with
+       │           │                                  its message, tried again only by a new run)
+       └───────────┴──▶ ESTIMATED                     (its eval's stop_when rule held: a number
+                                                      with an interval; a run without the rule
+                                                      resumes it to DONE)
 
 DONE is decided by the store alone (the commit object exists: train/manifest.json, or an eval
-shard's done.json), so a re-run, another driver or a laptop after the cluster is gone all agree on
-it. Every transition is appended to the ledger.
+shard's done.json), and so is ESTIMATED (the eval's estimate object for its rule exists), so a
+re-run, another driver or a laptop after the cluster is gone all agree on it. Every transition is
+appended to the ledger.
 """
 
 from __future__ import annotations
@@ -27,14 +31,16 @@ class UnitState(str, Enum):
     DONE = "DONE"
     INTERRUPTED = "INTERRUPTED"
     FAILED = "FAILED"
+    ESTIMATED = "ESTIMATED"
 
 
 TRANSITIONS: dict[UnitState, frozenset[UnitState]] = {
-    UnitState.PENDING: frozenset({UnitState.RUNNING}),
-    UnitState.RUNNING: frozenset({UnitState.DONE, UnitState.INTERRUPTED, UnitState.FAILED}),
+    UnitState.PENDING: frozenset({UnitState.RUNNING, UnitState.ESTIMATED}),
+    UnitState.RUNNING: frozenset({UnitState.DONE, UnitState.INTERRUPTED, UnitState.FAILED, UnitState.ESTIMATED}),
     UnitState.INTERRUPTED: frozenset({UnitState.PENDING}),
     UnitState.FAILED: frozenset(),
     UnitState.DONE: frozenset(),
+    UnitState.ESTIMATED: frozenset(),
 }
 
 

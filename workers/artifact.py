@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import pickle
 import platform
 import zlib
 from typing import Any
@@ -74,14 +75,30 @@ def export_artifact(state: dict[str, torch.Tensor], cfg: ModelConfig) -> bytes:
     return zlib.compress(buf.getvalue(), level=9)
 
 
-def load_artifact(blob: bytes, source: str = "<artifact>") -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+def read_payload(blob: bytes, source: str = "<artifact>") -> Any:
+    """The torch-saved object inside a zlib artifact (tensors only: weights_only=True)."""
     try:
-        payload = torch.load(io.BytesIO(zlib.decompress(blob)), map_location="cpu", weights_only=True)
-    except (zlib.error, RuntimeError, EOFError) as e:
-        raise ValueError(f"{source}: not a readable artifact ({e})") from None
-    if payload.get("format") != ARTIFACT_FORMAT or payload.get("version") != ARTIFACT_VERSION:
+        return torch.load(io.BytesIO(zlib.decompress(blob)), map_location="cpu", weights_only=True)
+    except (zlib.error, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        raise ValueError(f"{source}: not a readable artifact ({' '.join(str(e).split())[:200]})") from None
+
+
+def is_ours(payload: Any) -> bool:
+    return isinstance(payload, dict) and payload.get("format") == ARTIFACT_FORMAT
+
+
+def unpack_ours(payload: dict[str, Any], source: str = "<artifact>") -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    if payload.get("version") != ARTIFACT_VERSION:
         raise ValueError(f"{source}: unsupported artifact {payload.get('format')} v{payload.get('version')}")
     return ModelConfig.model_validate(payload["config"]), dequantize_state(payload["tensors"])
+
+
+def load_artifact(blob: bytes, source: str = "<artifact>") -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    payload = read_payload(blob, source)
+    if not is_ours(payload):
+        fmt = payload.get("format", payload.get("__quant_format__")) if isinstance(payload, dict) else type(payload).__name__
+        raise ValueError(f"{source}: unsupported artifact {fmt}")
+    return unpack_ours(payload, source)
 
 
 def sha256(blob: bytes) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import re
+import time
 from typing import Any
 
 import torch
@@ -50,7 +51,7 @@ def save_checkpoint(
     if group.distributed:
         dist.barrier()
     if group.rank == 0:
-        store.put_new_json(f"{d}/commit.json", {"version": CKPT_VERSION, "step": step, "world_size": group.world, **meta})
+        store.put_new_json(f"{d}/commit.json", {"version": CKPT_VERSION, "step": step, "world_size": group.world, "time": time.time(), **meta})
         prune_checkpoints(store, layout, seed, keep)
 
 

@@ -17,23 +17,27 @@ import torch
 
 from pipeline.spec import CampaignSpec, EvalRecipe
 from pipeline.store import Layout, Store, new_attempt_id, open_store
-from workers.artifact import load_artifact, sha256
+from workers.adapters import EvalModel, load_eval_model
+from workers.artifact import sha256
 from workers.group import Group, spawn
 from workers.data import check_eval_inputs, load_val_tokens, target_bytes, unigram_bpb
-from workers.model import GPT
-from workers.plan import ensure_plan
-from workers.scoring import SCORERS
+from workers.plan import ensure_plan, recipe_batches, val_length
+from workers.scoring import score_sliding
+from workers.slot import score_slot, score_slot_per_sample
 from workers.result import RESULT_VERSION, merge_result
 from workers.segments import Record, SegmentWriter, load_progress, merge
 from workers.tokenizer import byte_tables, load_sp
 from workers.ttt import ChunkTrainer, num_chunks, restore_latest, save_state
-from workers.windows import Windows, batch_index, chunk_of_windows, make_windows, plan_batches
+from workers.windows import Windows, batch_index, chunk_of_windows
+
+SCORERS = {"sliding": score_sliding, "slot": score_slot, "slot_per_sample": score_slot_per_sample}
+
 
 @dataclass
 class EvalContext:
     """Everything one eval unit needs, loaded once."""
 
-    model: GPT
+    model: torch.nn.Module
     val: np.ndarray
     tables: tuple[np.ndarray, np.ndarray, np.ndarray]
     windows: Windows
@@ -41,46 +45,50 @@ class EvalContext:
     recipe: EvalRecipe
     device: torch.device
     artifact_sha256: str
+    model_info: dict[str, str]  # the artifact's format and where the architecture came from
 
     @property
     def num_batches(self) -> int:
         return int(self.bounds.size - 1)
 
 
-def load_model(store: Store, layout: Layout, seed: int, device: torch.device) -> tuple[GPT, str]:
+def load_model(spec: CampaignSpec, store: Store, seed: int, device: torch.device) -> tuple[EvalModel, str]:
+    layout = Layout(spec.name)
     manifest = store.get_json(layout.manifest(seed))
     # the artifact the manifest committed (attempts that lost the commit race left others beside it)
     key = f"{layout.train_dir(seed)}/{manifest.get('artifact', 'model.int8.ptz')}"
     blob = store.get(key)
     if sha256(blob) != manifest["sha256"]:
         raise ValueError(f"{store.uri}/{key}: sha256 does not match its manifest")
-    cfg, state = load_artifact(blob, key)
-    model = GPT(cfg)
-    model.load_state_dict(state)
-    model.requires_grad_(False)  # scoring never needs weight grads; TTT turns on what it trains
-    return model.to(device).eval(), manifest["sha256"]
+    em = load_eval_model(blob, key, manifest["sha256"], spec)
+    em.model.to(device)
+    return em, manifest["sha256"]
 
 
 def prepare_context(spec: CampaignSpec, seed: int, recipe: EvalRecipe, store: Store, device: torch.device) -> EvalContext:
-    model, digest = load_model(store, Layout(spec.name), seed, device)
-    check_eval_inputs(spec, model.cfg.vocab_size, f"seed {seed}'s model vocab_size")
+    em, digest = load_model(spec, store, seed, device)
+    vocab = em.vocab_size
+    check_eval_inputs(spec, vocab, f"seed {seed}'s model vocab_size")
     val = load_val_tokens(spec.data.shards, spec.data.val_tokens)
-    tables = byte_tables(load_sp(spec.data.tokenizer), model.cfg.vocab_size)
-    if int(val.max()) >= model.cfg.vocab_size:
-        raise ValueError(f"{spec.data.shards}: val token id {int(val.max())} >= model vocab_size {model.cfg.vocab_size}")
-    windows = make_windows(val.size - 1, recipe.seq_len, recipe.stride, recipe.window_filter)
-    bounds = plan_batches(windows, recipe.batch_seqs, recipe.ttt.chunk_tokens if recipe.ttt else None)
-    return EvalContext(model, val, tables, windows, bounds, recipe, device, digest)
+    val = val[: val_length(val.size, recipe)]
+    tables = byte_tables(load_sp(spec.data.tokenizer), vocab)
+    if int(val.max()) >= vocab:
+        raise ValueError(f"{spec.data.shards}: val token id {int(val.max())} >= model vocab_size {vocab}")
+    windows, bounds = recipe_batches(val.size, recipe)
+    info = {"format": em.artifact_format, "architecture": em.architecture}
+    return EvalContext(em.model, val, tables, windows, bounds, recipe, device, digest, info)
 
 
 def score_batch(ctx: EvalContext, batch: int) -> Record:
     """One batch: hidden states once (no grad), then the recipe's scoring pass on them."""
     lo, hi = int(ctx.bounds[batch]), int(ctx.bounds[batch + 1])
-    bi = batch_index(ctx.val, ctx.windows, lo, hi)
+    scorer = ctx.recipe.scorer
+    # PR #1176's loss over the padded batch needs the padding the record had: [B, seq_len]
+    padded = scorer.kind == "slot" and scorer.loss_positions == "padded"
+    bi = batch_index(ctx.val, ctx.windows, lo, hi, width=ctx.recipe.seq_len if padded else None)
     dev = ctx.device
     with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
         h = ctx.model.forward_hidden(torch.from_numpy(bi.x).to(dev))
-    scorer = ctx.recipe.scorer
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
         nll = SCORERS[scorer.kind](ctx.model, h, bi, scorer, dev)
     n_bytes = int(target_bytes(bi.prev, bi.targets, *ctx.tables).sum())
@@ -124,6 +132,8 @@ def _run_ttt(ctx, store, layout, seed, shard, every_s, records, writer, stats, g
     p = ctx.recipe.ttt
     trainer = ChunkTrainer(ctx.model, p, group)
     n = num_chunks(len(ctx.val) - 1, p.chunk_tokens)
+    if p.then == "after":
+        return _run_ttt_after(ctx, store, layout, seed, shard, every_s, records, writer, stats, group, attempt, trainer, n)
     batch_chunk = chunk_of_windows(ctx.windows, p.chunk_tokens)[ctx.bounds[:-1]]
 
     def usable(chunk: int) -> bool:  # a state is only good if nothing before it must be rescored
@@ -146,6 +156,26 @@ def _run_ttt(ctx, store, layout, seed, shard, every_s, records, writer, stats, g
             save_state(store, layout, seed, ctx.recipe.name, shard, trainer, c + 1, attempt)
             stats.flush_s += time.perf_counter() - t
             last_state = time.monotonic()
+
+
+def _run_ttt_after(ctx, store, layout, seed, shard, every_s, records, writer, stats, group, attempt, trainer, n) -> None:
+    """`then: after` (PR #1176's TTT + SLOT): TTT trains on chunks 0 … n − 2 in order (score-first
+    TTT would score each before training on it; those scores are not part of this recipe's number,
+    so they are not computed), then the scoring pass scores every batch on the final model. The
+    final model is saved before scoring starts, so a resumed unit never trains again."""
+    start = restore_latest(store, layout, seed, ctx.recipe.name, shard, trainer)  # nothing scored before the end
+    stats.resumed_chunk = start
+    last_state = time.monotonic()
+    for c in range(start, n - 1):
+        t = time.perf_counter()
+        trainer.train_chunk(ctx.val, c, n, ctx.recipe.seq_len, ctx.device)
+        stats.ttt_s += time.perf_counter() - t
+        if c == n - 2 or group.broadcast(time.monotonic() - last_state >= every_s):
+            t = time.perf_counter()
+            save_state(store, layout, seed, ctx.recipe.name, shard, trainer, c + 1, attempt)
+            stats.flush_s += time.perf_counter() - t
+            last_state = time.monotonic()
+    _score(ctx, list(range(ctx.num_batches)), records, writer, stats, group)
 
 
 def run_shard(
@@ -204,6 +234,7 @@ def execute(
         "batches": len(records),
         "gpus": group.world,
         "artifact_sha256": ctx.artifact_sha256,
+        "model": ctx.model_info,
         "unigram_bpb": unigram_bpb(ctx.val, ctx.tables),
         "run": {**asdict(stats), "wall_s": time.perf_counter() - t0},  # this attempt (rank 0), not the numbers
     }

@@ -137,6 +137,11 @@ class GPT(nn.Module):
                 skips.append(x)
         return rms_norm(x)
 
+    @property
+    def head_weight(self) -> torch.Tensor:
+        """[V, d]: head(h) = h · head_weightᵀ (SLOT's linear-head shortcut uses it)."""
+        return self.tok_emb.weight
+
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """Hidden states [..., d] → raw logits [..., V] (tied embedding), before the softcap."""
         return F.linear(h, self.tok_emb.weight.to(h.dtype))

@@ -8,11 +8,11 @@ import torch.distributed as dist
 
 
 @torch.no_grad()
-def newton_schulz(g: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
-    """Approximately orthogonalize g (the quintic iteration of the baseline). Runs in bf16 on GPU
-    for speed, fp32 on CPU where bf16 matmuls are slow and not needed."""
+def newton_schulz(g: torch.Tensor, steps: int = 5, eps: float = 1e-7, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Approximately orthogonalize g (the quintic iteration of the baseline). Runs in `dtype`, by
+    default bf16 on GPU for speed and fp32 on CPU where bf16 matmuls are slow and not needed."""
     a, b, c = 3.4445, -4.7750, 2.0315
-    x = g.to(torch.bfloat16 if g.is_cuda else torch.float32)
+    x = g.to(dtype or (torch.bfloat16 if g.is_cuda else torch.float32))
     x = x / (x.norm() + eps)
     transposed = x.size(0) > x.size(1)
     if transposed:
@@ -61,3 +61,24 @@ class Muon(torch.optim.Optimizer):
             for p in params:
                 p.add_(flat[offset : offset + p.numel()].view_as(p).to(p.dtype), alpha=-group["lr"])
                 offset += p.numel()
+
+
+class PlainMuon(torch.optim.Optimizer):
+    """PR #1176's Muon-TTT step: p −= lr · NS5(grad) for ≥ 2-D parameters (Newton–Schulz in bf16 on
+    every device, as the record runs it; no momentum, no shape scale) and p −= lr · grad for the
+    rest. The gradient arrives clipped and, on k ranks, already summed, so every rank takes the same
+    step; there is no state to save."""
+
+    def __init__(self, params, lr: float, backend_steps: int = 5):
+        super().__init__(params, dict(lr=lr, backend_steps=backend_steps))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                if g.ndim >= 2:
+                    g = newton_schulz(g.reshape(g.size(0), -1), group["backend_steps"], dtype=torch.bfloat16).view_as(p)
+                p.add_(g.to(p.dtype), alpha=-group["lr"])

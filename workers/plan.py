@@ -17,16 +17,34 @@ import numpy as np
 from pipeline.spec import CampaignSpec, EvalRecipe
 from pipeline.store import Layout, Store
 from workers.data import count_val_tokens
-from workers.windows import make_windows, plan_batches
+from workers.windows import Windows, make_windows, plan_batches
 
 PLAN_VERSION = 1
 
 
+def val_length(n_val: int, recipe: EvalRecipe) -> int:
+    """Val tokens a recipe evaluates: all, or with `val_truncate` ((n − 1) // seq_len) · seq_len + 1
+    as the records load val (a no-op on the standard val set at seq 1024 and 2048)."""
+    if not recipe.val_truncate:
+        return n_val
+    keep = (n_val - 1) // recipe.seq_len * recipe.seq_len + 1
+    if keep < 2:
+        raise ValueError(f"{recipe.name}: val_truncate leaves no full seq_len ({recipe.seq_len}) sequence of {n_val} val tokens")
+    return keep
+
+
+def recipe_batches(n_val: int, recipe: EvalRecipe) -> tuple[Windows, np.ndarray]:
+    """A recipe's windows and batch bounds over `n_val` val tokens. Per-chunk TTT batches never
+    cross a chunk (the model changes between chunks); a ttt pass with `then: after` adapts first,
+    so its scoring pass batches like a recipe without TTT."""
+    w = make_windows(n_val - 1, recipe.seq_len, recipe.stride, recipe.window_filter)
+    per_chunk = recipe.ttt is not None and recipe.ttt.then == "per_chunk"
+    return w, plan_batches(w, recipe.batch_seqs, recipe.ttt.chunk_tokens if per_chunk else None, recipe.rank_split)
+
+
 def plan_geometry(spec: CampaignSpec, recipe: EvalRecipe) -> tuple[int, int]:
     """(windows, batches) of a recipe on the campaign's val set, from the shard headers alone."""
-    n_val = count_val_tokens(spec.data.shards, spec.data.val_tokens)
-    w = make_windows(n_val - 1, recipe.seq_len, recipe.stride, recipe.window_filter)
-    bounds = plan_batches(w, recipe.batch_seqs, recipe.ttt.chunk_tokens if recipe.ttt else None)
+    w, bounds = recipe_batches(val_length(count_val_tokens(spec.data.shards, spec.data.val_tokens), recipe), recipe)
     return len(w), int(bounds.size - 1)
 
 
@@ -35,8 +53,10 @@ def make_plan(seed: int, recipe: EvalRecipe, windows: int, batches: int, shards:
         assignment = [list(range(batches))]
     else:
         shards = max(1, min(shards, batches))
-        # the order depends only on (seed, recipe name): a re-plan would give the same shards
-        key = hashlib.sha256(f"{seed}/{recipe.name}".encode()).digest()
+        # The order depends only on (seed, number of batches): a re-plan gives the same shards, and
+        # recipes that score the same batches (SLOT-20 and SLOT-100 on one seed) share it, so the
+        # batches both have done coincide and pair (README "Paired comparisons").
+        key = hashlib.sha256(f"{seed}/{batches}".encode()).digest()
         order = np.random.default_rng(int.from_bytes(key[:8], "little")).permutation(batches)
         assignment = [part.tolist() for part in np.array_split(order, shards)]
     return {"version": PLAN_VERSION, "recipe": recipe.name, "windows": windows, "batches": batches, "shards": assignment}

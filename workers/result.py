@@ -46,6 +46,8 @@ def merge_result(store: Store, layout: Layout, seed: int, recipe: EvalRecipe) ->
         "seed": seed,
         "recipe": recipe.model_dump(mode="json"),
         "artifact_sha256": dones[0]["artifact_sha256"],
+        "model": dones[0].get("model"),  # artifact format, where the architecture came from
+        "legality": recipe.legality.as_dict(),
         "val_loss": nll / tokens,
         "val_bpb": bits_per_byte(nll, nbytes),
         "nll_sum": nll,

@@ -14,13 +14,13 @@ import hashlib
 import json
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pipeline.store import Layout, Store
 
 SEGMENT_VERSION = 1
 # seg-<attempt>-<n>; plain seg-<n> in stores written before attempts had ids
-_SEG_RE = re.compile(r"/seg-(?:[0-9a-f]+-)?\d+$")
+_SEG_RE = re.compile(r"/seg-(?:([0-9a-f]+)-)?\d+$")
 
 
 @dataclass(frozen=True)
@@ -39,21 +39,29 @@ def _checksum(records: list[list]) -> str:
     return hashlib.sha256(json.dumps(records, separators=(",", ":")).encode()).hexdigest()
 
 
-def encode_segment(records: list[Record]) -> bytes:
+def encode_segment(records: list[Record], written: float | None = None) -> bytes:
+    """`time` (when the segment was flushed, unix seconds) is outside the checksum, which covers the
+    records: progress rates and the cost of lost work are read from it."""
     rows = [r.as_list() for r in records]
-    return json.dumps({"version": SEGMENT_VERSION, "records": rows, "sha256": _checksum(rows)}).encode()
+    body = {"version": SEGMENT_VERSION, "records": rows, "sha256": _checksum(rows), "time": time.time() if written is None else written}
+    return json.dumps(body).encode()
 
 
-def decode_segment(blob: bytes) -> list[Record] | None:
-    """The records, or None when the segment is torn or corrupt."""
+def _decode(blob: bytes) -> tuple[list[Record], float | None] | None:
     try:
         obj = json.loads(blob)
         rows = obj["records"]
         if obj.get("version") != SEGMENT_VERSION or obj.get("sha256") != _checksum(rows):
             return None
-        return [Record(int(b), float(n), int(t), int(y)) for b, n, t, y in rows]
+        return [Record(int(b), float(n), int(t), int(y)) for b, n, t, y in rows], obj.get("time")
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def decode_segment(blob: bytes) -> list[Record] | None:
+    """The records, or None when the segment is torn or corrupt."""
+    out = _decode(blob)
+    return None if out is None else out[0]
 
 
 @dataclass(frozen=True)
@@ -66,11 +74,22 @@ class Conflict:
     nll: tuple[float, float]
 
 
+@dataclass(frozen=True)
+class Segment:
+    """What one segment object holds, for progress rates and the cost of lost work."""
+
+    key: str
+    attempt: str | None  # None in stores written before attempts had ids
+    time: float | None  # when it was flushed; None in stores written before segments had a time
+    batches: int
+
+
 @dataclass
 class Progress:
     records: dict[int, Record]  # batch index → record
     corrupt: list[str]
     conflicts: list[Conflict]
+    segments: list[Segment] = field(default_factory=list)
 
 
 def load_progress(store: Store, prefix: str) -> Progress:
@@ -81,20 +100,24 @@ def load_progress(store: Store, prefix: str) -> Progress:
     source: dict[int, str] = {}
     corrupt: list[str] = []
     conflicts: list[Conflict] = []
+    segments: list[Segment] = []
     for key in store.list(prefix):
-        if not _SEG_RE.search(key):
+        m = _SEG_RE.search(key)
+        if not m:
             continue
-        recs = decode_segment(store.get(key))
-        if recs is None:
+        out = _decode(store.get(key))
+        if out is None:
             corrupt.append(key)
             continue
+        recs, written = out
+        segments.append(Segment(key, m.group(1), written, len(recs)))
         for r in recs:
             have = records.get(r.batch)
             if have is None:
                 records[r.batch], source[r.batch] = r, key
             elif have != r:
                 conflicts.append(Conflict(r.batch, source[r.batch], key, (have.nll, r.nll)))
-    return Progress(records, corrupt, conflicts)
+    return Progress(records, corrupt, conflicts, segments)
 
 
 class SegmentWriter:

@@ -27,8 +27,8 @@ import torch
 from pipeline.spec import TTTPass
 from pipeline.store import Layout, NotFoundError, Store
 from workers.group import Group, weights_digest
-from workers.model import GPT
-from workers.optim import Muon
+from workers.optim import Muon, PlainMuon
+from workers.scoring import lm_loss
 
 STATE_VERSION = 2  # 2: one optimizer state per rank
 # state-<next chunk>-<attempt>; plain state-<chunk> in stores written before attempts had ids
@@ -46,16 +46,23 @@ def chunk_lr(c: int, n: int, lr: float) -> float:
 class ChunkTrainer:
     """The trainable parameters of a TTT pass and their optimizers."""
 
-    def __init__(self, model: GPT, p: TTTPass, group: Group):
+    def __init__(self, model: torch.nn.Module, p: TTTPass, group: Group):
         self.model, self.p, self.group = model, p, group
         self.params = [
             (n, t) for n, t in model.named_parameters() if any(fnmatch.fnmatchcase(n, pat) for pat in p.params)
         ]
         if not self.params:
             raise ValueError(f"ttt.params {p.params} match no parameter of the model")
+        self.opts: list[torch.optim.Optimizer] = []
+        tensors = [t for _, t in self.params]
+        if p.optimizer == "adamw":
+            self.opts.append(torch.optim.AdamW(tensors, lr=p.lr, betas=tuple(p.betas), weight_decay=p.weight_decay))
+            return
+        if p.optimizer == "muon_plain":
+            self.opts.append(PlainMuon(tensors, lr=p.lr, backend_steps=p.muon_backend_steps))
+            return
         mats = [t for _, t in self.params if t.ndim == 2] if p.optimizer == "muon" else []
         rest = [t for _, t in self.params if not any(t is m for m in mats)]
-        self.opts: list[torch.optim.Optimizer] = []
         if mats:
             self.opts.append(Muon(mats, lr=p.lr, momentum=p.momentum, backend_steps=p.muon_backend_steps))
         if rest:
@@ -87,7 +94,7 @@ class ChunkTrainer:
                         lo_r, hi_r = i + m * rank // world, i + m * (rank + 1) // world
                         if hi_r > lo_r:
                             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                                loss = self.model(x[lo_r:hi_r], y[lo_r:hi_r])
+                                loss = lm_loss(self.model, x[lo_r:hi_r], y[lo_r:hi_r])
                             # a mean over this rank's sequences, weighted so the ranks sum to the step's mean
                             (loss * ((hi_r - lo_r) / m)).backward()
                         if self.group.distributed:

@@ -164,6 +164,11 @@ def test_a_unit_the_cluster_cannot_hold_waits_then_the_run_ends_with_it_pending(
     assert store.exists(layout.result(1, "sw")) and not store.exists(layout.result(1, "ttt8"))
     states = [e["state"] for e in Ledger(store, layout, "x").events() if e.get("unit") == "eval/1/ttt8/0"]
     assert states == []  # never launched: Ray would have held it forever
+    from pipeline.progress.view import campaign_status
+
+    st = campaign_status(spec, store)  # status, from the store: what was left waiting, and why
+    assert st.waiting == {"eval/1/ttt8/0": "eval/1/ttt8/0 waits for 8 GPUs; the cluster has 4"}
+    assert [e.state for e in st.evals] == ["DONE", "PENDING"]
     assert main(["run", str(f)]) == 1  # a re-run picks it up (and waits again: still no 8 GPUs)
     assert "eval/1/ttt8/0 waits for 8 GPUs" in capsys.readouterr().out
 

@@ -123,4 +123,4 @@ def test_artifact_mismatch_is_an_error(data_dir, tmp_path):
     store, layout = open_store(spec.store), Layout(spec.name)
     store.put(layout.artifact(1), store.get(layout.artifact(1)) + b"x")
     with pytest.raises(ValueError, match="sha256 does not match its manifest"):
-        load_model(store, layout, 1, torch.device("cpu"))
+        load_model(spec, store, 1, torch.device("cpu"))

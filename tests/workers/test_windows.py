@@ -65,3 +65,26 @@ def test_chunked_batches_never_cross_a_chunk():
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         assert 0 < hi - lo <= 7 and chunk[lo] == chunk[hi - 1]
     assert sorted(set(chunk[bounds[:-1]].tolist())) == list(range(5))
+
+
+def test_all_filter_keeps_every_start_and_tail_windows_score_what_they_hold():
+    """PRs #1176/#1722: every start s < T; s > 0 scores relative [max(wlen − stride, 0), wlen)."""
+    T, seq, stride = 1000, 64, 16
+    w = make_windows(T, seq, stride, "all")
+    expect = []
+    for s in range(0, T, stride):
+        wlen = min(s + seq, T) - s
+        expect.append((s, wlen, 0 if s == 0 else max(wlen - stride, 0)))
+    assert list(zip(w.starts.tolist(), w.lens.tolist(), w.score_lo.tolist())) == expect
+    assert w.lens.min() >= 1 and len(w) == len(range(0, T, stride))
+
+
+def test_rank_split_batches_each_part_from_its_start():
+    w = make_windows(1000, 64, 16, "all")
+    n, k, bs = len(w), 3, 8
+    expect = []
+    for r in range(k):  # as a record on k GPUs cuts the windows: [n·r // k, n·(r + 1) // k)
+        lo, hi = n * r // k, n * (r + 1) // k
+        expect += list(range(lo, hi, bs))
+    assert plan_batches(w, bs, rank_split=k).tolist() == expect + [n]
+    assert plan_batches(w, bs, rank_split=1).tolist() == plan_batches(w, bs).tolist()

@@ -1,0 +1,341 @@
+"""`pipeline pods ...`: RunPod pods from the command line (README: Pods).
+
+Parsing and dispatch only; the work is in client, ssh, bootstrap, health and idle. Every failure is
+one `error: ...` line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_DIR = "/workspace/pipeline"
+
+
+def _client():
+    from pipeline.pods.client import RunPodClient
+
+    return RunPodClient.from_env()
+
+
+def _find(client, pod_id: str):
+    pod = client.get_pod(pod_id)
+    if pod is None:
+        raise LookupError(f"no pod {pod_id} in this RunPod account (`pipeline pods list`)")
+    return pod
+
+
+def _target(args, pod):
+    from pipeline.pods.ssh import SSHTarget
+
+    if pod.ssh is None:
+        raise LookupError(f"{pod.id}: no public SSH port (RunPod {pod.status}; the pod needs '22/tcp' in its ports)")
+    known = Path(args.known_hosts).expanduser() if args.known_hosts else None
+    return SSHTarget(pod.ssh.host, pod.ssh.port, args.user, args.key, known, args.trust_new_host, args.ssh_timeout)
+
+
+def _ray_view(address: str | None):
+    if not address:
+        return None
+    import ray
+
+    from pipeline.pods.health import ray_pod_nodes
+
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+    return ray_pod_nodes()
+
+
+def _ssh_probe(args):
+    from pipeline.pods.ssh import SSH, SSHError
+
+    def probe(pod) -> str | None:
+        try:
+            with SSH(_target(args, pod)) as s:
+                s.check("true", timeout_s=args.ssh_timeout)
+            return None
+        except (SSHError, LookupError) as e:
+            return str(e)
+
+    return probe
+
+
+def _hms(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def cmd_list(args) -> int:
+    from pipeline.pods.health import pod_health
+
+    pods = _client().list_pods()
+    nodes = _ray_view(args.ray)
+    probe = _ssh_probe(args) if args.ssh else None
+    print(f"{'id':<16} {'name':<24} {'status':<11} {'health':<11} {'gpus':<22} {'$/h':>6} {'uptime':>7} {'cost':>8}  ssh")
+    for p in pods:
+        h = pod_health(p, nodes, probe)
+        ssh = f"{p.ssh.host}:{p.ssh.port}" if p.ssh else "-"
+        gpus = f"{p.gpu_count}× {p.gpu_type}"[:22]
+        print(f"{p.id:<16} {p.name[:24]:<24} {p.status[:11] or '-':<11} {h.verdict.value:<11} {gpus:<22} {p.cost_per_hr:>6.2f} {_hms(p.uptime_s):>7} {p.cost_so_far:>8.2f}  {ssh}")
+        if args.verbose:
+            print(f"    {h.reason}")
+    return 0
+
+
+def cmd_cost(args) -> int:
+    pods = _client().list_pods()
+    total = 0.0
+    for p in pods:
+        total += p.cost_so_far
+        print(f"{p.id:<16} {p.name[:24]:<24} {p.status or '-':<11} {_hms(p.uptime_s):>7} × ${p.cost_per_hr:.2f}/h = ${p.cost_so_far:.2f}")
+    print(f"total ${total:.2f} over {len(pods)} pod(s) (each pod's current uptime × its price; stopped time is not GPU-billed)")
+    return 0
+
+
+def _pod_config(args):
+    import yaml
+
+    from pipeline.spec import parse_pod_config
+
+    if args.type:
+        path = Path(args.cluster_config)
+        try:
+            doc = yaml.safe_load(path.read_text()) or {}
+        except OSError as e:
+            raise FileNotFoundError(f"{path}: cannot read: {e.strerror}") from None
+        types = doc.get("available_node_types") or {}
+        if args.type not in types:
+            raise ValueError(f"{path}: available_node_types: no node type {args.type!r} (have {', '.join(types) or 'none'})")
+        return parse_pod_config(types[args.type].get("node_config"), f"{path}: available_node_types.{args.type}.node_config")
+    if not args.gpu_type:
+        raise ValueError("pods up: give --type (a node type of cluster.yaml) or --gpu-type")
+    raw = {"gpu_type_id": args.gpu_type, "gpu_count": args.gpu_count}
+    for k in ("image", "container_disk_gb", "volume_gb", "network_volume_id", "cloud_type"):
+        if getattr(args, k) is not None:
+            raw[k] = getattr(args, k)
+    if args.env:
+        raw["env"] = dict(e.split("=", 1) if "=" in e else (e, "") for e in args.env)
+    return parse_pod_config(raw, "pipeline pods up")
+
+
+def cmd_up(args) -> int:
+    cfg = _pod_config(args)
+    client = _client()
+    for i in range(args.count):
+        name = args.name if args.count == 1 else f"{args.name}-{i}"
+        pod = client.create_pod(cfg, name)
+        print(f"{pod.id}: {name}, {cfg.gpu_count}× {cfg.gpu_type_id}, ${pod.cost_per_hr:.2f}/h, RunPod {pod.status or 'created'}")
+    print("next: `pipeline pods list` until it is RUNNING with an ssh address, then `pipeline pods bootstrap POD --head ...`")
+    return 0
+
+
+def cmd_stop(args) -> int:
+    client = _client()
+    for pid in args.pods:
+        print(f"{pid}: {client.stop_pod(pid) or 'stopped'}")
+    return 0
+
+
+def cmd_resume(args) -> int:
+    client = _client()
+    pod = _find(client, args.pod)
+    print(f"{pod.id}: {client.resume_pod(pod.id, args.gpu_count or pod.gpu_count) or 'resumed'}")
+    return 0
+
+
+def cmd_terminate(args) -> int:
+    if not args.yes:
+        raise ValueError(f"pods terminate: {' '.join(args.pods)}: terminating deletes the pod and its volume; add --yes")
+    client = _client()
+    for pid in args.pods:
+        client.terminate_pod(pid)
+        print(f"{pid}: terminated")
+    return 0
+
+
+def cmd_ssh(args) -> int:
+    from pipeline.pods.ssh import SSH
+
+    pod = _find(_client(), args.pod)
+    t = _target(args, pod)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        key = f" -i {args.key}" if args.key else ""
+        print(f"ssh{key} -p {t.port} {t.user}@{t.host}")
+        return 0
+    with SSH(t, log=lambda m: print(m, file=sys.stderr)) as s:
+        code, _ = s.run(" ".join(command), out=lambda line: print(line, flush=True), timeout_s=args.timeout)
+    return code
+
+
+def _ray_token(args) -> str | None:
+    if args.ray_token_file:
+        try:
+            return Path(args.ray_token_file).expanduser().read_text().strip() or None
+        except OSError as e:
+            raise FileNotFoundError(f"--ray-token-file {args.ray_token_file}: cannot read: {e.strerror}") from None
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return os.environ["RAY_AUTH_TOKEN"]
+    default = Path("~/.ray/auth_token").expanduser()
+    return default.read_text().strip() if default.is_file() else None
+
+
+def cmd_bootstrap(args) -> int:
+    from pipeline.pods.bootstrap import bootstrap
+    from pipeline.pods.ssh import SSH
+
+    pod = _find(_client(), args.pod)
+    token = _ray_token(args)
+    with SSH(_target(args, pod), log=print) as s:
+        r = bootstrap(
+            s, pod, args.head, args.dir, cpu_pod=args.cpu_pod, ray_token=token, node_ip=args.node_ip,
+            python=args.python, ray_args=tuple(args.ray_arg or ()), log=print,
+        )  # fmt: skip
+    print(f"{r.pod_id}: in the Ray cluster at {args.head} with {r.num_gpus} GPU(s); labels " + ",".join(f"{k}={v}" for k, v in r.labels.items()))
+    return 0
+
+
+def cmd_labels(args) -> int:
+    """The Ray labels of the pod this runs on (cluster.yaml's start commands use it)."""
+    from pipeline.pods.bootstrap import pod_labels
+
+    pod_id = os.environ.get("RUNPOD_POD_ID")
+    if not pod_id:
+        raise ValueError("pods labels: RUNPOD_POD_ID is not set: not on a RunPod pod")
+    print(",".join(f"{k}={v}" for k, v in pod_labels(_find(_client(), pod_id)).items()))
+    return 0
+
+
+def cmd_watch(args) -> int:
+    from pipeline.pods.health import Verdict, pod_health
+    from pipeline.pods.idle import IdleStopper
+
+    idle_min = args.idle_stop_min
+    if idle_min is None and args.spec:
+        from pipeline.spec import load_spec
+
+        idle_min = load_spec(args.spec).cluster.idle_stop_min
+    client = _client()
+    stopper = IdleStopper(client, idle_min if idle_min is not None else 10.0, head_pod_id=args.head_pod, log=print)
+    probe = _ssh_probe(args) if args.ssh else None
+    last: dict[str, str] = {}
+    while True:
+        pods = client.list_pods()
+        nodes = _ray_view(args.ray) or {}
+        for p in pods:
+            h = pod_health(p, nodes, probe)
+            if last.get(p.id) != h.verdict.value:
+                print(f"{p.id}: {h.verdict.value} ({h.reason})", flush=True)
+                last[p.id] = h.verdict.value
+            if h.verdict is Verdict.DEAD and args.terminate_dead and p.state.name != "STOPPED":
+                client.terminate_pod(p.id)
+                print(f"{p.id}: terminated (dead)")
+        stopper.tick(pods, nodes)
+        if args.once:
+            return 0
+        time.sleep(args.interval)
+
+
+def _ssh_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--key", help="private key file (default: the ssh agent and ~/.ssh keys)")
+    p.add_argument("--user", default="root")
+    p.add_argument("--known-hosts", help="known_hosts file (default: PIPELINE_KNOWN_HOSTS or ~/.ssh/known_hosts)")
+    p.add_argument("--trust-new-host", action="store_true", help="accept a host key seen for the first time and record it in known_hosts")
+    p.add_argument("--ssh-timeout", type=float, default=20.0, help="seconds to connect")
+
+
+def add_pods_parser(sub) -> None:
+    """Register `pipeline pods` on the top-level subparsers."""
+    pods = sub.add_parser("pods", help="RunPod pods: list, up, stop, terminate, ssh, bootstrap, cost, watch")
+    ps = pods.add_subparsers(dest="pods_command", required=True)
+
+    p = ps.add_parser("list", help="pods with status, health, GPUs, price, uptime, cost so far, ssh address")
+    p.add_argument("--ray", metavar="ADDRESS", help="also ask this Ray cluster which pods have a live node")
+    p.add_argument("--ssh", action="store_true", help="probe SSH of running pods Ray does not list")
+    p.add_argument("-v", "--verbose", action="store_true", help="the reason for each health verdict")
+    _ssh_flags(p)
+    p.set_defaults(pods_func=cmd_list)
+
+    p = ps.add_parser("cost", help="what each pod has cost so far (uptime × price)")
+    p.set_defaults(pods_func=cmd_cost)
+
+    p = ps.add_parser("up", help="rent on-demand pods: a node type of cluster.yaml, or flags")
+    p.add_argument("--name", required=True)
+    p.add_argument("--type", help="node type in --cluster-config (e.g. train_8xh100, eval_1xh100)")
+    p.add_argument("--cluster-config", default="cluster.yaml")
+    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--gpu-type", help="RunPod GPU type id, e.g. 'NVIDIA H100 80GB HBM3'")
+    p.add_argument("--gpu-count", type=int, default=1)
+    p.add_argument("--image")
+    p.add_argument("--container-disk-gb", type=int)
+    p.add_argument("--volume-gb", type=int)
+    p.add_argument("--network-volume-id")
+    p.add_argument("--cloud-type", choices=["ALL", "SECURE", "COMMUNITY"])
+    p.add_argument("--env", action="append", metavar="K=V")
+    p.set_defaults(pods_func=cmd_up)
+
+    p = ps.add_parser("stop", help="stop pods (GPU billing ends, the volume stays)")
+    p.add_argument("pods", nargs="+")
+    p.set_defaults(pods_func=cmd_stop)
+
+    p = ps.add_parser("resume", help="start a stopped pod again")
+    p.add_argument("pod")
+    p.add_argument("--gpu-count", type=int)
+    p.set_defaults(pods_func=cmd_resume)
+
+    p = ps.add_parser("terminate", help="delete pods and their volumes")
+    p.add_argument("pods", nargs="+")
+    p.add_argument("--yes", action="store_true")
+    p.set_defaults(pods_func=cmd_terminate)
+
+    p = ps.add_parser("ssh", help="run a command on a pod (streamed), or print the ssh command line; flags before POD")
+    p.add_argument("pod")
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.add_argument("--timeout", type=float, help="seconds the command may run")
+    _ssh_flags(p)
+    p.set_defaults(pods_func=cmd_ssh)
+
+    p = ps.add_parser("bootstrap", help="install the project on a pod, check its GPUs, join it to Ray with its labels")
+    p.add_argument("pod")
+    p.add_argument("--head", required=True, help="Ray head address HOST:PORT, as the pod reaches it; 'self': make this pod the head (port 6379)")
+    p.add_argument("--dir", default=DEFAULT_DIR, help=f"project directory on the pod (default {DEFAULT_DIR})")
+    p.add_argument("--cpu-pod", action="store_true", help="no NVIDIA GPUs: skip nvidia-smi, give Ray the pod's GPU count as logical slots")
+    p.add_argument("--ray-token-file", help="Ray auth token to give the node (default: RAY_AUTH_TOKEN, ~/.ray/auth_token)")
+    p.add_argument("--node-ip", help="the pod's address for the other nodes (default: Ray's guess)")
+    p.add_argument("--python", default="python3", help="interpreter the pod's venv is made from")
+    p.add_argument("--ray-arg", action="append", help="extra `ray start` argument (repeat), e.g. --ray-arg=--num-cpus=16")
+    _ssh_flags(p)
+    p.set_defaults(pods_func=cmd_bootstrap)
+
+    p = ps.add_parser("labels", help="print the Ray labels of the pod this runs on (for ray start --labels)")
+    p.set_defaults(pods_func=cmd_labels)
+
+    p = ps.add_parser("watch", help="report pod health changes and stop pods idle for idle_stop_min")
+    p.add_argument("--ray", metavar="ADDRESS", help="the campaign's Ray cluster (which pods' GPUs are in use)")
+    p.add_argument("--spec", help="campaign file whose cluster.idle_stop_min to use")
+    p.add_argument("--idle-stop-min", type=float, help="minutes (default: the spec's, else 10)")
+    p.add_argument("--head-pod", help="the pod running the Ray head: stopped only when every pod is idle")
+    p.add_argument("--terminate-dead", action="store_true", help="terminate pods found dead (not stopped ones)")
+    p.add_argument("--ssh", action="store_true", help="probe SSH of running pods Ray does not list")
+    p.add_argument("--interval", type=float, default=30.0)
+    p.add_argument("--once", action="store_true", help="one look, then exit")
+    _ssh_flags(p)
+    p.set_defaults(pods_func=cmd_watch)
+    pods.set_defaults(func=run)
+
+
+def run(args) -> int:
+    """Run a pods subcommand; its errors are one line and exit 2."""
+    from pipeline.pods.bootstrap import BootstrapError
+    from pipeline.pods.client import RunPodError
+    from pipeline.pods.ssh import SSHError
+    from pipeline.spec import SpecError
+
+    try:
+        return args.pods_func(args)
+    except (RunPodError, SSHError, BootstrapError, SpecError, LookupError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

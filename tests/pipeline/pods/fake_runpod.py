@@ -1,0 +1,130 @@
+"""A small threaded HTTP server on 127.0.0.1 that answers RunPod's GraphQL shapes: `myself { pods }`,
+`pod(input)`, podFindAndDeployOnDemand, podStop, podResume, podTerminate (README: Pods; RunPod's
+GraphQL docs). It checks the bearer key, keeps pods in memory with `costPerHr` as a string, and can
+be told to answer the next requests with an HTTP status (401, 429 + Retry-After, 5xx) or GraphQL
+`errors`."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+PRICES = {"NVIDIA H100 80GB HBM3": "2.69", "NVIDIA GeForce RTX 4090": "0.69"}
+_OP = re.compile(r"\{\s*(\w+)")
+
+
+class FakeRunPod:
+    def __init__(self) -> None:
+        self.key = "rp_" + secrets.token_hex(16)
+        self.pods: dict[str, dict[str, Any]] = {}
+        self.calls: list[tuple[str, dict]] = []  # (operation, variables)
+        self.auth_headers: list[str] = []
+        self.paths: list[str] = []
+        self.script: list[tuple[int, Any, dict[str, str]]] = []  # next answers: (status, body, headers)
+        self.ssh_endpoint: tuple[str, int] | None = None  # what new pods map private port 22 to
+        self.lock = threading.RLock()  # add_pod is called inside answer
+        self._n = 0
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):  # quiet
+                pass
+
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(n) or b"{}")
+                status, payload, headers = fake.answer(self.path, self.headers.get("Authorization", ""), body)
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/graphql"
+
+    def start(self) -> None:
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    # -- state helpers for tests ---------------------------------------------------------------
+
+    def add_pod(self, status: str = "RUNNING", gpu: str = "NVIDIA H100 80GB HBM3", count: int = 8, uptime: int = 3600,
+                ssh: tuple[str, int] | None = ("203.0.113.7", 40022), name: str = "pod", env: list[str] | None = None) -> str:  # fmt: skip
+        with self.lock:
+            self._n += 1
+            pid = f"pod{self._n:03d}x"
+            ports = []
+            if ssh:
+                ports.append({"ip": ssh[0], "isIpPublic": True, "privatePort": 22, "publicPort": ssh[1], "type": "tcp"})
+                ports.append({"ip": "10.0.0.%d" % self._n, "isIpPublic": False, "privatePort": 22, "publicPort": 22, "type": "tcp"})
+            self.pods[pid] = {
+                "id": pid, "name": name, "desiredStatus": status, "costPerHr": PRICES.get(gpu, "1.00"),
+                "gpuCount": count, "imageName": "runpod/pytorch", "env": env or [],
+                "machine": {"gpuDisplayName": gpu.replace("NVIDIA ", "")},
+                "runtime": None if status != "RUNNING" else {"uptimeInSeconds": uptime, "ports": ports, "gpus": [{"id": f"g{i}", "gpuUtilPercent": 0} for i in range(count)]},
+            }  # fmt: skip
+            return pid
+
+    def fail_next(self, status: int, body: Any = None, headers: dict[str, str] | None = None, times: int = 1) -> None:
+        with self.lock:
+            self.script.extend([(status, body if body is not None else {"error": "scripted"}, headers or {})] * times)
+
+    def ops(self) -> list[str]:
+        return [op for op, _ in self.calls]
+
+    # -- the API -------------------------------------------------------------------------------
+
+    def answer(self, path: str, auth: str, body: dict) -> tuple[int, Any, dict[str, str]]:
+        with self.lock:
+            self.auth_headers.append(auth)
+            self.paths.append(path)
+            m = _OP.search(body.get("query") or "")
+            op = m.group(1) if m else ""
+            self.calls.append((op, body.get("variables") or {}))
+            if auth != f"Bearer {self.key}":
+                return 401, {"errors": [{"message": "Unauthorized"}]}, {}
+            if self.script:
+                return self.script.pop(0)
+            inp = (body.get("variables") or {}).get("input") or {}
+            try:
+                return 200, {"data": self._resolve(op, inp)}, {}
+            except LookupError as e:
+                return 200, {"data": {op: None}, "errors": [{"message": str(e), "path": [op]}]}, {}
+
+    def _resolve(self, op: str, inp: dict) -> dict:
+        if op == "myself":
+            return {"myself": {"pods": [dict(p) for p in self.pods.values()]}}
+        if op == "pod":
+            p = self.pods.get(inp.get("podId"))
+            return {"pod": dict(p) if p else None}
+        if op == "podFindAndDeployOnDemand":
+            if inp.get("gpuTypeId") not in PRICES:
+                return {"podFindAndDeployOnDemand": None}  # no machine with those GPUs
+            env = [f"{e['key']}={e['value']}" for e in inp.get("env") or []]
+            pid = self.add_pod(gpu=inp["gpuTypeId"], count=inp["gpuCount"], uptime=0, ssh=self.ssh_endpoint or ("203.0.113.9", 41022), name=inp["name"], env=env)
+            self.pods[pid]["create_input"] = inp
+            return {"podFindAndDeployOnDemand": dict(self.pods[pid])}
+        p = self.pods.get(inp.get("podId"))
+        if p is None:
+            raise LookupError(f"pod {inp.get('podId')} not found")
+        if op == "podStop":
+            p.update(desiredStatus="EXITED", runtime=None)
+            return {"podStop": {"id": p["id"], "desiredStatus": "EXITED"}}
+        if op == "podResume":
+            p.update(desiredStatus="RUNNING", runtime={"uptimeInSeconds": 0, "ports": [], "gpus": []})
+            return {"podResume": {"id": p["id"], "desiredStatus": "RUNNING"}}
+        if op == "podTerminate":
+            del self.pods[p["id"]]
+            return {"podTerminate": None}
+        raise LookupError(f"unknown operation {op}")
