@@ -26,6 +26,7 @@ $(DEMO_DATA)/.ready: $(STAMP)
 
 demo: $(STAMP) $(DEMO_DATA)/.ready
 	$(PY) -m pipeline run jobs/demo.yaml
+	$(PY) -m pipeline report jobs/demo.yaml
 
 test: $(STAMP) ssh-server
 	$(PY) -m pytest -q tests

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.spec import CampaignSpec
+from pipeline.spec import CampaignSpec, ScriptTrain
 from pipeline.store import Layout, Store, StoreError
 
 # 1: path-based fingerprint (read, never written); 2: data.shards / data.tokenizer are content digests.
@@ -175,6 +175,15 @@ def artifact_digest(seed: int, path: str, cache: DigestCache) -> str:
         raise ValueError(f"artifacts.{seed}: {path}: cannot read ({e.strerror})") from None
 
 
+def script_digest(spec: CampaignSpec, cache: DigestCache) -> str:
+    """A script campaign's train_gpt.py by content: moved elsewhere it is the same campaign, edited it is not."""
+    path = spec.train.script_file()
+    try:
+        return cache.digest(_local(str(path), "train.script"))
+    except OSError as e:
+        raise ValueError(f"train.script: {path}: cannot read ({e.strerror})") from None
+
+
 def content_fingerprint_dict(spec: CampaignSpec, cache: DigestCache | None = None) -> dict[str, Any]:
     """`spec.fingerprint_dict()` with data.shards and data.tokenizer replaced by content digests."""
     if cache is None:
@@ -185,6 +194,8 @@ def content_fingerprint_dict(spec: CampaignSpec, cache: DigestCache | None = Non
         d["data"]["tokenizer"] = tokenizer_digest(spec.data.tokenizer, cache)
         if spec.artifacts is not None:  # eval-only: the artifacts' content, not where they lie
             d["artifacts"] = {str(s): artifact_digest(s, p, cache) for s, p in spec.artifacts.items()}
+        if isinstance(spec.train, ScriptTrain):
+            d["train"]["script"] = script_digest(spec, cache)
     finally:
         cache.save()  # keep what was hashed even when a later file failed
     return d

@@ -265,6 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline.progress.cli import register as add_progress_parsers  # status, cost, compare
 
     add_progress_parsers(sub)
+    from pipeline.report.cli import register as add_report_parser  # report (README: Reports)
+
+    add_report_parser(sub)
+    from pipeline.logs import register as add_logs_parser  # a script training's output
+
+    add_logs_parser(sub)
     from pipeline.pods.cli import add_pods_parser  # RunPod pods (README: Pods)
 
     add_pods_parser(sub)

@@ -16,7 +16,9 @@ driver out.
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,13 +28,13 @@ from typing import Any
 
 from pipeline.artifacts import import_artifacts
 from pipeline.campaign import CampaignChanged, check_campaign
-from pipeline.errors import Action, Failure, RetryPolicy, UnitError, classify
+from pipeline.errors import Action, Failure, RetryPolicy, ScriptError, UnitError, classify
 from pipeline.lease import Lease
 from pipeline.ledger import Ledger
 from pipeline.progress.budget import Budget, Projection, Rates, Work
 from pipeline.progress.pricing import LABEL_POD_ID, node_identity
 from pipeline.progress.stopping import EarlyStops, estimate_key
-from pipeline.spec import CampaignSpec
+from pipeline.spec import CampaignSpec, ScriptTrain
 from pipeline.store import Layout, Store, new_attempt_id, normalize_uri, open_store
 from pipeline.units import Unit, UnitState, UnitTracker
 
@@ -54,7 +56,8 @@ def resolve_paths(spec: CampaignSpec, base: Path | None = None) -> CampaignSpec:
 
     data = spec.data.model_copy(update={"shards": absolute(spec.data.shards), "tokenizer": absolute(spec.data.tokenizer)})
     arts = {s: absolute(p) for s, p in spec.artifacts.items()} if spec.artifacts is not None else None
-    return spec.model_copy(update={"data": data, "store": normalize_uri(spec.store, base), "artifacts": arts})
+    train = spec.train.model_copy(update={"script": absolute(spec.train.script)}) if isinstance(spec.train, ScriptTrain) else spec.train
+    return spec.model_copy(update={"data": data, "store": normalize_uri(spec.store, base), "artifacts": arts, "train": train})
 
 
 def git_commit() -> str | None:
@@ -85,7 +88,9 @@ def _fit_group(
 
     def recorded_error() -> None:
         if store.exists(error_key):
-            raise UnitError(store.get_json(error_key)["error"]) from None
+            rec = store.get_json(error_key)
+            # a user's script that failed is classified by its log (ScriptError); our own code's error is the unit's
+            raise (ScriptError if rec.get("kind") == "script" else UnitError)(rec["error"]) from None
 
     use_gpu = gpus_per_worker > 0
     trainer = TorchTrainer(
@@ -115,14 +120,16 @@ def _fit_group(
 
 def _place(spec: CampaignSpec, store_uri: str, run_id: str, unit: Unit, attempt: str, **extra: Any) -> None:
     """The `placed` event of an attempt: node, pod (its label, where the node is a pod), GPUs and pid
-    of this process."""
+    of this process, and the software stack it runs on (every attempt, every rank: README "Reports")."""
     import ray
+
+    from workers.provenance import provenance
 
     ctx = ray.get_runtime_context()
     labels = ctx.get_node_labels() or {}
     Ledger(open_store(store_uri), Layout(spec.name), run_id).placed(
         unit, attempt=attempt, node_id=ctx.get_node_id(), pod=labels.get(LABEL_POD_ID), gpu_ids=[str(g) for g in ray.get_gpu_ids()],
-        pid=os.getpid(), **extra,
+        pid=os.getpid(), provenance=provenance(), **extra,
     )
 
 
@@ -132,10 +139,12 @@ def _train_group_loop(config: dict) -> None:
 
     from workers.train import ray_train_loop
 
+    from workers.script_train import script_train_loop
+
     spec = CampaignSpec.model_validate(config["spec"])
     rank = ray.train.get_context().get_world_rank()
     _place(spec, config["store_uri"], config["run_id"], Unit.train(config["seed"]), config["attempt"], rank=rank)
-    ray_train_loop(config)
+    (script_train_loop if isinstance(spec.train, ScriptTrain) else ray_train_loop)(config)
 
 
 def _train_unit(spec_json: dict, seed: int, store_uri: str, context: dict, run_id: str, attempt: str) -> dict:
@@ -145,8 +154,11 @@ def _train_unit(spec_json: dict, seed: int, store_uri: str, context: dict, run_i
     store, layout = open_store(store_uri), Layout(spec.name)
     t = spec.train
     config = {"spec": spec_json, "seed": seed, "store_uri": store_uri, "context": context, "run_id": run_id, "attempt": attempt}
+    # A script's ranks rendezvous on their own (NCCL in the script); the group around them only
+    # exchanges addresses, over gloo, and never touches a GPU.
+    backend = "cpu" if isinstance(t, ScriptTrain) else spec.cluster.accelerator
     _fit_group(
-        f"{spec.name}-seed{seed}", _train_group_loop, config, t.world_size, t.gpus_per_worker, spec.cluster.accelerator,
+        f"{spec.name}-seed{seed}", _train_group_loop, config, t.world_size, t.gpus_per_worker, backend,
         store, layout.train_error(seed, attempt),
     )
     return store.get_json(layout.manifest(seed))["train"]
@@ -494,9 +506,13 @@ class Driver:
         if self.connect is not None:
             self.connect()
         capacity = self._capacity()
+        from pipeline.pods.campaign import CampaignPods  # active only with a RunPod key and pod nodes
+
+        pods = CampaignPods.for_cluster(spec.cluster.idle_stop_min, self.log)
 
         spec_json = spec.model_dump(mode="json")
-        context = {"git_commit": git_commit(), "spec_fingerprint": spec.fingerprint()}
+        # the driver's command line: what a maintainer reruns (the manifest's provenance)
+        context = {"git_commit": git_commit(), "spec_fingerprint": spec.fingerprint(), "command": shlex.join(sys.argv)}
         # The launcher of a worker group stays on the driver's node, so losing a GPU node costs the
         # group its workers but never the launcher itself.
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
@@ -545,6 +561,8 @@ class Driver:
             self._plan_ready(report, capacity)
             if self.stops.due():
                 self._early_stops(running, report)
+            if pods is not None:
+                pods.tick()  # stop pods no unit has used for idle_stop_min
             pending = [u for u in self.tracker.in_state(UnitState.PENDING) if self.not_before.get(u, 0) <= now]
             self.budget_blocked = bool(pending) and not self.budget.allows(self._projection(running))
             if self.budget_blocked:
@@ -595,6 +613,8 @@ class Driver:
             else:
                 self.log(f"done   {u}  {secs:6.1f}s  {out['batches']} batches")
                 to_merge.append((u.seed, u.recipe))
+        for line in pods.still_billing() if pods is not None else []:
+            self.log(line)
         if self.lease.lost.is_set():
             holder = self.lease.holder()
             report.lease_lost = holder.describe(time.time()) if holder else "another driver"

@@ -28,6 +28,14 @@ class UnitError(RuntimeError):
     artifact): deterministic."""
 
 
+class ScriptError(RuntimeError):
+    """A user's training script failed (README: Bring your own train_gpt.py): its log's last lines,
+    then one line saying how it ended. Classified by that text like any error: an NCCL timeout in
+    it is transient, a Python error of the script's own is deterministic, a kill or crash unknown."""
+
+    tail_lines = 50
+
+
 class ErrorClass(str, Enum):
     TRANSIENT = "transient"
     DETERMINISTIC = "deterministic"
@@ -37,6 +45,15 @@ class ErrorClass(str, Enum):
 # Application errors: the unit's own input or code is wrong, so another attempt repeats them.
 # (workers.group.APP_ERRORS are these; kept by name here so the driver never imports torch.)
 _APP_ERRORS = ("ValueError", "FloatingPointError", "FileNotFoundError", "ImportError", "ShardError", "ArtifactTooLarge", "UnitError")
+
+
+# A script's own Python errors (its last exception, workers/script_train.py): a bug or bad input
+# of the script, which another attempt repeats.
+_SCRIPT_ERRORS = (
+    "ValueError", "FloatingPointError", "FileNotFoundError", "ImportError", "ModuleNotFoundError", "AssertionError", "KeyError",
+    "TypeError", "NameError", "SyntaxError", "AttributeError", "IndexError", "ZeroDivisionError", "NotImplementedError",
+    "IsADirectoryError", "NotADirectoryError", "PermissionError",
+)
 
 
 @dataclass(frozen=True)
@@ -62,6 +79,8 @@ TABLE: tuple[Rule, ...] = (
     Rule("nccl-timeout", ErrorClass.TRANSIENT, pattern=r"NCCL.*(timeout|timed out|Watchdog)|Watchdog caught collective operation timeout|ncclSystemError|ncclRemoteError"),
     Rule("gpu-fault", ErrorClass.TRANSIENT, pattern=r"ECC error|uncorrectable ECC|\bXid\b|GPU has fallen off the bus|GPU is lost"),
     Rule("ray-system", ErrorClass.TRANSIENT, types=("ObjectLostError", "OwnerDiedError", "RaySystemError", "ActorUnavailableError", "ActorDiedError")),
+    # after the transient rules: a script that died of an NCCL timeout shows a RuntimeError too
+    Rule("script-error", ErrorClass.DETERMINISTIC, pattern=r"exited with status -?\d+ after [\d.]+ s: (" + "|".join(_SCRIPT_ERRORS) + r"):"),
 )
 CRASH = Rule("crash", ErrorClass.UNKNOWN)
 
@@ -122,7 +141,10 @@ def classify(err: BaseException, nodes: Iterable[str] = (), dead_nodes: Iterable
             if names & set(r.types) or (r.pattern and re.search(r.pattern, text, re.IGNORECASE)):
                 rule = r
                 break
-    return Failure(rule.kind, rule.cls, message, signature(message), nodes, tuple(_lines(err)[-TAIL_LINES:]))
+    cause = getattr(err, "cause", None) or err
+    # a script's failure keeps its log's last lines (its own text, not the Ray traceback around it)
+    tail = _lines(cause)[-ScriptError.tail_lines:] if isinstance(cause, ScriptError) else _lines(err)[-TAIL_LINES:]
+    return Failure(rule.kind, rule.cls, message, signature(message), nodes, tuple(tail))
 
 
 class Action(str, Enum):

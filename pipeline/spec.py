@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator,
+)
 
 SPEC_VERSION = 1
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -71,6 +73,12 @@ class DataSpec(_Strict):
     )
 
 
+def _check_adapter(v: str | None) -> str | None:
+    if v is not None and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", v):
+        raise ValueError(f"{v!r} is not 'package.module:function'")
+    return v
+
+
 class ModelConfig(_Strict):
     """The parameter-golf baseline family. Defaults are the baseline's size (~17 M parameters)."""
 
@@ -92,9 +100,7 @@ class ModelConfig(_Strict):
     @field_validator("adapter")
     @classmethod
     def _adapter(cls, v: str | None) -> str | None:
-        if v is not None and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", v):
-            raise ValueError(f"{v!r} is not 'package.module:function'")
-        return v
+        return _check_adapter(v)
 
     @model_validator(mode="after")
     def _heads(self) -> ModelConfig:
@@ -108,6 +114,9 @@ class ModelConfig(_Strict):
 
 
 class TrainRecipe(_Strict):
+    """This project's trainer (workers/train.py) on this project's GPT."""
+
+    kind: Literal["gpt"] = later("gpt", description="gpt: this project's trainer; script: your own train_gpt.py (ScriptTrain)")
     world_size: int = Field(8, ge=1, description="training workers (one process each)")
     gpus_per_worker: float = Field(1, ge=0, description="GPU slots per worker (logical on a CPU box)")
     max_wallclock_s: float = Field(600.0, gt=0, description="training stops when this wall clock is reached")
@@ -148,6 +157,121 @@ class TrainRecipe(_Strict):
                 f"world_size × grad_accum_steps × seq_len ({per_micro})"
             )
         return self
+
+
+# What the pipeline sets for each rank of a script, as torchrun would (workers/script_train.py);
+# a script's `env:` may not set them.
+TORCHRUN_ENV = (
+    "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK",
+    "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID",
+)
+SCRIPT_ENV = (*TORCHRUN_ENV, "SEED")
+# Names of node environment variables that are never handed to a script unless `pass_env` names
+# them, and may not be written into a spec (the spec is stored): credentials.
+SECRET_ENV_RE = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|CREDENTIAL|^AWS_|^RUNPOD_|^RAY_AUTH", re.IGNORECASE)
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _relative(v: str, field: str) -> str:
+    parts = Path(v).parts
+    if not parts or Path(v).is_absolute() or ".." in parts:
+        raise ValueError(f"{field}: {v!r} must be a path inside the script's run directory (relative, no '..')")
+    return v
+
+
+class ScriptCheckpoints(_Strict):
+    """A folder the script writes its checkpoints to; a restarted group gets it back."""
+
+    dir: str = Field("checkpoints", description="the folder, relative to the run directory (the script's cwd)")
+    env: str | None = Field(None, description="environment variable set to the folder's absolute path (e.g. CKPT_DIR)")
+
+    @field_validator("dir")
+    @classmethod
+    def _dir(cls, v: str) -> str:
+        return _relative(v, "dir")
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: str | None) -> str | None:
+        if v is not None and (not _ENV_NAME_RE.fullmatch(v) or v in SCRIPT_ENV):
+            raise ValueError(f"{v!r} is not a free environment variable name")
+        return v
+
+
+class ScriptTrain(_Strict):
+    """Your own torchrun-style training script (a parameter-golf record's train_gpt.py), one
+    process per rank with the environment torchrun gives it (README: Bring your own train_gpt.py)."""
+
+    kind: Literal["script"]
+    script: str = Field(min_length=1, description="the script, or a folder holding train_gpt.py; at the same path on every node")
+    args: list[str] = Field(default_factory=list, description="command-line arguments after the script")
+    env: dict[str, str] = Field(default_factory=dict, description="environment variables of every rank (the record's SEED=... line, SEED aside)")
+    pass_env: list[str] = Field(
+        default_factory=list, description="node environment variables handed on although their names look like "
+        "credentials (those are withheld otherwise); their values are never stored"
+    )
+    artifacts: list[str] = Field(
+        default_factory=lambda: ["final_model.int8.ptz"], min_length=1,
+        description="files the script writes, relative to its cwd; the first is the artifact our evals score and the "
+        "size limit counts, all are uploaded",
+    )
+    adapter: str | None = Field(None, description="'package.module:function' loading the artifact for our evals (README: Model adapters)")
+    world_size: int = Field(8, ge=1, description="ranks (torchrun's nproc_per_node × nnodes)")
+    gpus_per_worker: float = Field(1, ge=0, description="GPU slots per rank (logical on a CPU box)")
+    max_wallclock_s: float = Field(600.0, gt=0, description="the script's training time cap (its MAX_WALLCLOCK_SECONDS)")
+    margin_s: float = Field(
+        1200.0, gt=0, description="time beyond max_wallclock_s for start-up, compiling, the script's own evals and "
+        "export; a rank still running then is killed (a hang)"
+    )
+    artifact_limit_bytes: int = Field(16_000_000, ge=1, description="code + artifact bytes are reported against this, not enforced")
+    checkpoints: ScriptCheckpoints | None = Field(None, description="the script's checkpoint folder; None = a restart reruns the script from the start")
+    max_failures: int = Field(3, ge=0, description="transient failures retried (README: Errors and retries)")
+    keep_checkpoints: int = Field(2, ge=1, description="newest snapshots of the checkpoint folder kept in the store")
+    compare: dict[str, str] = Field(
+        default_factory=dict, description="our eval recipe → the script's final_*_exact line it is compared with; "
+        "recipes not named are compared with the script's last final_*_exact line"
+    )
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        for k in v:
+            if not _ENV_NAME_RE.fullmatch(k):
+                raise ValueError(f"{k!r} is not an environment variable name")
+            if k in SCRIPT_ENV:
+                raise ValueError(f"{k}: set by the pipeline for each rank (SEED from the campaign's seeds)")
+            if SECRET_ENV_RE.search(k):
+                raise ValueError(f"{k}: looks like a credential, and the spec is stored; leave it in the nodes' environment and name it in pass_env")
+        return v
+
+    @field_validator("artifacts")
+    @classmethod
+    def _artifacts(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"duplicate paths {v}")
+        return [_relative(a, "artifacts") for a in v]
+
+    @field_validator("adapter")
+    @classmethod
+    def _adapter(cls, v: str | None) -> str | None:
+        return _check_adapter(v)
+
+    @property
+    def timeout_s(self) -> float:
+        return self.max_wallclock_s + self.margin_s
+
+    def script_file(self) -> Path:
+        """The file that runs: `script` itself, or a folder's train_gpt.py (a record's layout)."""
+        p = Path(self.script)
+        return p / "train_gpt.py" if p.is_dir() else p
+
+
+def _train_kind(v: Any) -> str:
+    return (v.get("kind") if isinstance(v, dict) else getattr(v, "kind", None)) or "gpt"
+
+
+# `kind` is optional and means gpt, so campaigns written before scripts existed parse unchanged.
+TrainSpec = Annotated[Annotated[TrainRecipe, Tag("gpt")] | Annotated[ScriptTrain, Tag("script")], Discriminator(_train_kind)]
 
 
 class SlidingPass(_Strict):
@@ -429,7 +553,7 @@ class CampaignSpec(_Strict):
     seeds: list[int] = Field(min_length=1)
     data: DataSpec
     model: ModelConfig = ModelConfig()
-    train: TrainRecipe = TrainRecipe()
+    train: TrainSpec = TrainRecipe()
     evals: list[EvalRecipe] = Field(default_factory=list)
     checkpoint_every_s: float = Field(60.0, gt=0, description="eval progress is flushed to the store this often")
     results_dir: str = Field("results", description="where summaries are written, under <results_dir>/<name>/")
@@ -482,6 +606,12 @@ class CampaignSpec(_Strict):
                 raise ValueError("artifacts: an eval-only campaign has no train: (give one or the other)")
             if set(self.artifacts) != set(self.seeds):
                 raise ValueError(f"artifacts: needs exactly one artifact per seed {self.seeds}, got seeds {sorted(self.artifacts)}")
+        elif isinstance(self.train, ScriptTrain):
+            if self.model.adapter is not None:
+                raise ValueError("model.adapter: a script campaign names its adapter in train.adapter")
+            unknown = sorted(set(self.train.compare) - {e.name for e in self.evals})
+            if unknown:
+                raise ValueError(f"train.compare: {unknown} are not eval recipes of this campaign")
         elif self.model.adapter is not None:
             raise ValueError("model.adapter: adapters load existing artifacts; give `artifacts:` (training builds this project's GPT)")
         if self.cluster.accelerator == "cuda" and self.train.gpus_per_worker < 1:
@@ -499,6 +629,9 @@ class CampaignSpec(_Strict):
             d.pop(k)
         for k in ("checkpoint_every_steps", "max_failures", "log_every", "keep_checkpoints"):
             d.get("train", {}).pop(k, None)
+        if isinstance(self.train, ScriptTrain):  # how long to wait, what to compare and report: not the numbers
+            for k in ("margin_s", "max_wallclock_s", "compare", "pass_env", "artifact_limit_bytes"):
+                d["train"].pop(k)
         for e in d["evals"]:
             e.pop("shards")
             e.pop("stop_when")  # when to stop early decides whether there is a number, not its bits
@@ -507,6 +640,11 @@ class CampaignSpec(_Strict):
     def fingerprint(self) -> str:
         blob = json.dumps(self.fingerprint_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
+
+    @property
+    def adapter(self) -> str | None:
+        """The adapter our evals load artifacts with: model.adapter (eval-only) or train.adapter (a script's)."""
+        return self.model.adapter or getattr(self.train, "adapter", None)
 
     def eval_recipe(self, name: str) -> EvalRecipe:
         for e in self.evals:
@@ -517,7 +655,10 @@ class CampaignSpec(_Strict):
 
 def _format_error(source: str, err: ValidationError) -> str:
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "<top>"
+    parts = list(first["loc"])
+    if parts[:1] == ["train"] and parts[1:2] in (["gpt"], ["script"]):
+        del parts[1]  # the train kind's tag: `train.args`, as the user wrote it, not `train.script.args`
+    loc = ".".join(str(p) for p in parts) or "<top>"
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         msg = "unknown key"

@@ -405,6 +405,17 @@ class Layout:
     def train_ckpt(self, seed: int, step: int, attempt: str) -> str:
         return f"{self.train_dir(seed)}/ckpt/step-{step:08d}-{attempt}"
 
+    def script_log(self, seed: int, attempt: str | None = None, rank: int | None = None) -> str:
+        """A training script's output (README: Bring your own train_gpt.py): each rank's chunks
+        `log-<attempt>/rank-R/NNNNNN.txt` in order, and `log-<attempt>/start.json` when it began."""
+        out = f"{self.train_dir(seed)}/log-"  # without an attempt: the prefix of every attempt's folder
+        return out if attempt is None else f"{out}{attempt}" + ("" if rank is None else f"/rank-{rank}")
+
+    def script_ckpt(self, seed: int, attempt: str | None = None, node: int | None = None) -> str:
+        """Snapshots of a script's checkpoint folder, per node (`snap-N.json` + `blobs/<sha256>`)."""
+        out = f"{self.train_dir(seed)}/script-ckpt/"
+        return out if attempt is None else f"{out}{attempt}" + ("" if node is None else f"/node-{node}")
+
     def train_error(self, seed: int, attempt: str) -> str:
         """An application error of the worker group (bad input, artifact too large): not retried."""
         return f"{self.train_dir(seed)}/error-{attempt}.json"
@@ -435,6 +446,11 @@ class Layout:
     def estimate(self, seed: int, recipe: str, rule: str) -> str:
         """Commit object of an eval stopped early by its stop rule (digest `rule`): ESTIMATED."""
         return f"{self.eval_dir(seed, recipe)}/estimate-{rule}.json"
+
+    def env_file(self, name: str) -> str:
+        """An attempt's software stack beside its provenance: `packages-<sha>.txt` (a pip freeze,
+        one per distinct stack) and `nvidia-smi-<attempt>.txt` (workers/provenance.py)."""
+        return f"{self.root}/env/{name}"
 
     def run(self, run_id: str) -> str:
         """What one driver run was given: its resolved spec (status and cost read it)."""

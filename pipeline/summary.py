@@ -30,6 +30,11 @@ def build_summary(spec: CampaignSpec, store: Store, timings: dict[str, Any] | No
                 "sha256": m["sha256"],
                 **{k: t[k] for k in ("steps", "wall_s", "final_train_loss") if k in t},
             }
+            if m.get("kind") == "script":  # a user's train_gpt.py (README: Bring your own train_gpt.py)
+                entry["train"].update(
+                    {k: t[k] for k in ("stopped_early", "last_val", "restart") if k in t},
+                    script_final=m.get("script_final", {}), size=m.get("size"), script_md5=m["script"]["md5"],
+                )
         seeds[str(seed)] = entry
     recipes: dict[str, Any] = {}
     for e in spec.evals:
@@ -38,6 +43,9 @@ def build_summary(spec: CampaignSpec, store: Store, timings: dict[str, Any] | No
             if store.exists(layout.result(seed, e.name)):
                 r = store.get_json(layout.result(seed, e.name))
                 per_seed[str(seed)] = {k: r[k] for k in ("val_bpb", "val_loss", "tokens", "bytes", "windows", "unigram_bpb")}
+                vs = _vs_script(spec, seeds[str(seed)].get("train", {}), e.name, r["val_bpb"])
+                if vs is not None:
+                    per_seed[str(seed)]["script"] = vs
         bpbs = [v["val_bpb"] for v in per_seed.values()]
         # Evals its stop rule ended: an estimate with its interval and % done, never in the mean.
         estimated = {}
@@ -71,6 +79,17 @@ def build_summary(spec: CampaignSpec, store: Store, timings: dict[str, Any] | No
         },
         **({"timings": timings} if timings else {}),
     }
+
+
+def _vs_script(spec: CampaignSpec, train: dict[str, Any], recipe: str, ours: float) -> dict[str, Any] | None:
+    """The script's own final number beside ours: the line train.compare names for this recipe,
+    else its last final_*_exact line; diff = ours − the script's."""
+    finals = train.get("script_final") or {}
+    name = getattr(spec.train, "compare", {}).get(recipe) or next(reversed(finals), None)
+    if name not in finals:
+        return None
+    theirs = finals[name]["val_bpb"]
+    return {"name": name, "val_bpb": theirs, "diff": ours - theirs}
 
 
 def write_summary(summary: dict[str, Any], results_dir: str | Path) -> Path:

@@ -41,9 +41,9 @@ class EvalModel:
 
 def load_eval_model(blob: bytes, source: str, digest: str, spec: CampaignSpec) -> EvalModel:
     """The eval model of an artifact, on CPU, in eval mode, with no parameter requiring grad."""
-    if spec.model.adapter is not None:
-        model = _run_adapter(spec.model.adapter, _local_copy(blob, digest), spec, source)
-        return _ready(EvalModel(model, probe_vocab(model), "adapter", f"adapter {spec.model.adapter}"))
+    if spec.adapter is not None:
+        model = _run_adapter(spec.adapter, _local_copy(blob, digest), spec, source)
+        return _ready(EvalModel(model, probe_vocab(model), "adapter", f"adapter {spec.adapter}"))
     payload = read_payload(blob, source)
     if is_ours(payload):
         cfg, state = unpack_ours(payload, source)

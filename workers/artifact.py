@@ -1,4 +1,4 @@
-"""The exported model: per-row int8 + zlib (the parameter-golf baseline's format), and provenance.
+"""The exported model: per-row int8 + zlib (the parameter-golf baseline's format). Provenance: workers/provenance.py.
 
 Large 2-D weights are stored as int8 with one fp16 scale per row (clipped at a high quantile so one
 outlier does not flatten a row); other small weights are stored fp16, and the gains, scales and
@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
-import platform
 import zlib
 from typing import Any
 
@@ -103,29 +102,3 @@ def load_artifact(blob: bytes, source: str = "<artifact>") -> tuple[ModelConfig,
 
 def sha256(blob: bytes) -> str:
     return hashlib.sha256(blob).hexdigest()
-
-
-def provenance() -> dict[str, Any]:
-    """What a maintainer needs to reproduce a record: exact interpreter, torch, CUDA, flash-attn, GPUs."""
-    try:
-        import flash_attn
-
-        fa = flash_attn.__version__
-    except ImportError:
-        fa = None
-    import numpy
-    import ray
-
-    cuda = torch.cuda.is_available()
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if cuda else None,
-        "flash_attn": fa,
-        "numpy": numpy.__version__,
-        "ray": ray.__version__,
-        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
-        "host": platform.node(),
-    }

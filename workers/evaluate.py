@@ -21,6 +21,7 @@ from workers.adapters import EvalModel, load_eval_model
 from workers.artifact import sha256
 from workers.group import Group, spawn
 from workers.data import check_eval_inputs, load_val_tokens, target_bytes, unigram_bpb
+from workers.provenance import attempt_provenance
 from workers.plan import ensure_plan, recipe_batches, val_length
 from workers.scoring import score_sliding
 from workers.slot import score_slot, score_slot_per_sample
@@ -241,6 +242,7 @@ def execute(
     if writer is not None:
         writer.flush()
         done["run"]["flush_s"] += writer.flush_seconds
+        done["provenance"] = attempt_provenance(store, layout, attempt)  # the stack this attempt ran on (README "Reports")
         # the shard's commit object; if another attempt committed first, its records are as good
         store.put_new_json(layout.shard_done(seed, recipe.name, shard), done)
     return done

@@ -22,7 +22,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from pipeline.spec import CampaignSpec, TrainRecipe
 from pipeline.store import Layout, open_store
-from workers.artifact import export_artifact, provenance, sha256
+from workers.artifact import export_artifact, sha256
+from workers.provenance import attempt_provenance
 from workers.checkpoint import prune_checkpoints, restore_checkpoint, save_checkpoint
 from workers.data import TokenStream
 from workers.group import APP_ERRORS, Group, record_error, weights_digest
@@ -214,7 +215,7 @@ def _commit(spec, seed, store_uri, state, summary, log, context, attempt) -> Non
         "bytes": len(blob),
         "config": spec.model.model_dump(mode="json"),
         "train": {**summary, "world_size": spec.train.world_size, "ema": spec.train.ema},
-        "provenance": {**provenance(), **context},
+        "provenance": {**attempt_provenance(store, layout, attempt), **context},
     }
     if store.put_new_json(layout.manifest(seed), manifest):  # the commit object, written last
         prune_checkpoints(store, layout, seed, spec.train.keep_checkpoints)

@@ -48,7 +48,7 @@ def live_driver(spec, store) -> tuple[str | None, str | None]:
 def cmd_status(args: argparse.Namespace) -> int:
     from rich.markup import escape
 
-    from pipeline.progress.render import console as make_console, status_lines, status_table
+    from pipeline.progress.render import console as make_console, pods_table, status_lines, status_table
     from pipeline.progress.view import campaign_status
 
     spec, store = resolve_campaign(args.campaign)
@@ -57,17 +57,38 @@ def cmd_status(args: argparse.Namespace) -> int:
         run, who = live_driver(spec, store)
         st = campaign_status(spec, store, live_run=run)
         st.driver = who
+        if args.pods:
+            st.pods = pod_verdicts(st)
         if args.json:
             print(json.dumps(st.as_dict(), indent=1))
         else:
             if args.watch:
                 console.clear()
             console.print(status_table(st))
+            if (pt := pods_table(st)) is not None:
+                console.print(pt)
             for line in status_lines(st):
                 console.print(escape(line))
         if not args.watch:
             return 0
         time.sleep(args.watch)
+
+
+def pod_verdicts(st) -> dict[str, str]:
+    """RunPod's word on each pod of the cluster (dead, stopped, starting, alive), with Ray's last view."""
+    from pipeline.pods.client import RunPodClient, RunPodError
+    from pipeline.pods.health import RayNode, pod_health
+
+    ray_nodes = {n.pod_id: RayNode(n.node_id, n.alive, n.gpus, n.gpus) for n in st.nodes if n.pod_id}
+    try:
+        by_id = {p.id: p for p in RunPodClient.from_env().list_pods()}
+    except RunPodError as e:
+        raise ValueError(f"--pods: {e}") from None
+    out = {}
+    for pod_id in ray_nodes:
+        pod = by_id.get(pod_id)
+        out[pod_id] = "dead (not in the account: terminated)" if pod is None else f"{pod_health(pod, ray_nodes).verdict.value} ({pod.status})"
+    return out
 
 
 def cmd_cost(args: argparse.Namespace) -> int:
@@ -114,6 +135,7 @@ def register(sub) -> None:
     st.add_argument("campaign", help="campaign file, or STORE/NAME")
     st.add_argument("--watch", type=float, nargs="?", const=10.0, metavar="S", help="refresh every S seconds (default 10)")
     st.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    st.add_argument("--pods", action="store_true", help="also ask RunPod (RUNPOD_API_KEY) how each pod of the cluster is")
     st.set_defaults(func=cmd_status)
 
     c = sub.add_parser("cost", help="what a campaign cost: useful, lost and idle GPU time × price, per seed and recipe")

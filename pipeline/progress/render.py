@@ -40,7 +40,7 @@ def bpb_text(e: EvalStatus) -> str:
     if not est.sample:
         return f"{est.value:.5f} (prefix, {est.done:.0%} of val; no interval)"
     if est.half_width is None:
-        return f"~{est.value:.4f} (too few batches for an interval)"
+        return f"~{est.value:.4f} (1 batch: no interval yet)"
     return f"{est.value:.5f} ± {est.half_width:.5f}"
 
 
@@ -55,6 +55,21 @@ def status_table(st: CampaignStatus) -> Table:
         wps = f"{e.windows_per_s:,.1f}" if e.windows_per_s else "—"
         state = e.state + (f" ({e.running_units})" if e.running_units > 1 else "")
         t.add_row(str(e.seed), e.recipe, state, done, bpb_text(e), wps, duration(e.eta_s), usd(e.spent_usd), usd(e.to_finish_usd))
+    return t
+
+
+def pods_table(st: CampaignStatus) -> Table | None:
+    """The pods of the cluster as the driver last saw them (Ray's view), and RunPod's verdict where
+    it was asked (`--pods`)."""
+    pods = [n for n in st.nodes if n.pod_id]
+    if not pods:
+        return None
+    t = Table(title="pods", title_justify="left")
+    for col in ("pod", "GPUs", "type", "$/h", "Ray node", "RunPod"):
+        t.add_column(col)
+    for n in pods:
+        ray_state = "alive" if n.alive else "[red]gone[/]: its units went back to PENDING"
+        t.add_row(n.pod_id, f"{n.gpus:g}", n.gpu_type, f"{n.usd_per_gpu_hour * n.gpus:.2f}", ray_state, st.pods.get(n.pod_id, "—"))
     return t
 
 

@@ -76,6 +76,8 @@ class CampaignStatus:
     waiting: dict[str, str] = field(default_factory=dict)  # unit → what it waits for
     failed: dict[str, str] = field(default_factory=dict)  # unit → error
     driver: str | None = None  # the live driver, if any
+    nodes: list[NodeIdentity] = field(default_factory=list)  # the cluster as its driver last saw it
+    pods: dict[str, str] = field(default_factory=dict)  # pod id → RunPod's verdict, where asked (--pods)
 
     @property
     def done(self) -> float:
@@ -99,6 +101,7 @@ class CampaignStatus:
             "done": self.done, "eta_s": self.eta_s, "spent_usd": self.cost.total_usd, "to_finish_usd": self.to_finish_usd,
             "trains": [t.as_dict() for t in self.trains], "evals": [e.as_dict() for e in self.evals],
             "waiting": self.waiting, "failed": self.failed, "cost": self.cost.as_dict(),
+            "nodes": [n.as_dict() for n in self.nodes], "pods": self.pods,
         }
 
 
@@ -183,7 +186,9 @@ def campaign_status(spec: CampaignSpec, store: Store, now: float | None = None, 
         for recipe in spec.evals:
             evals.append(_eval_status(store, layout, spec, seed, recipe, trained, running, failed, cost, load_progress))
     _price_unstarted(evals)
-    return CampaignStatus(spec.name, store.uri, now, trains, evals, cost, waiting, failed)
+    snaps = [e for e in events if e.get("event") == "cluster" and e.get("run") == (live_run or newest)]
+    nodes = [NodeIdentity.from_dict(n) for n in max(snaps, key=lambda e: e["time"])["nodes"]] if snaps else []
+    return CampaignStatus(spec.name, store.uri, now, trains, evals, cost, waiting, failed, nodes=nodes)
 
 
 def _price_unstarted(evals: list[EvalStatus]) -> None:

@@ -1,0 +1,78 @@
+"""The driver's watch over the RunPod pods of its cluster (README "Pods (RunPod)": idle pods).
+
+While a campaign runs, the driver looks at its pods once a minute: a pod none of whose GPUs a unit
+has held for `cluster.idle_stop_min` (its training is over and no eval can use it, or it has no
+live Ray node) is stopped, so nobody pays for an idle 8×H100. The pod that runs the driver is never
+stopped from inside it; when the run ends the driver names the pods still billing and the command
+that stops them (`pipeline pods watch`, or the autoscaler under `ray up`, stops them later).
+
+Only active where there is a RunPod key and the Ray cluster has nodes labelled as pods; a RunPod
+API error is a log line, never a reason to stop the campaign.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from pipeline.pods.client import RunPodClient, RunPodError
+from pipeline.pods.health import ray_pod_nodes
+from pipeline.pods.idle import IdleStopper
+from pipeline.pods.pod import PodState
+
+LOOK_EVERY_S = 60.0
+
+
+class CampaignPods:
+    def __init__(
+        self, client: RunPodClient, idle_stop_min: float, own_pod: str | None, log: Callable[[str], None],
+        clock: Callable[[], float] = time.monotonic, every_s: float = LOOK_EVERY_S,
+    ):
+        self.client, self.own_pod, self.log, self.clock, self.every_s = client, own_pod, log, clock, every_s
+        self.stopper = IdleStopper(client, idle_stop_min, head_pod_id=None, clock=clock, log=log)
+        self.last = -1e18
+        self.said_error = False
+
+    @classmethod
+    def for_cluster(cls, idle_stop_min: float, log: Callable[[str], None]) -> CampaignPods | None:
+        """None unless this process has a RunPod key and the cluster has pod nodes."""
+        import ray
+
+        from pipeline.progress.pricing import LABEL_POD_ID
+
+        if not ray_pod_nodes():
+            return None
+        try:
+            client = RunPodClient.from_env()
+        except RunPodError:
+            return None
+        own = (ray.get_runtime_context().get_node_labels() or {}).get(LABEL_POD_ID)
+        return cls(client, idle_stop_min, own, log)
+
+    def tick(self) -> list[str]:
+        """At most once every `every_s`: stop the pods idle too long; the ids stopped."""
+        if self.clock() - self.last < self.every_s:
+            return []
+        self.last = self.clock()
+        nodes = ray_pod_nodes()
+        try:
+            pods = [p for p in self.client.list_pods() if p.id in nodes and p.id != self.own_pod]
+            return self.stopper.tick(pods, nodes)
+        except RunPodError as e:
+            if not self.said_error:
+                self.log(f"pods: {e} (idle pods are not stopped until the API answers)")
+                self.said_error = True
+            return []
+
+    def still_billing(self) -> list[str]:
+        """One line per pod of this cluster still RUNNING, for the end of a run."""
+        nodes = ray_pod_nodes()
+        try:
+            pods = [p for p in self.client.list_pods() if p.id in nodes and p.state is PodState.RUNNING]
+        except RunPodError as e:
+            return [f"pods: {e}"]
+        return [
+            f"pod {p.id} ({p.gpu_count}× {p.gpu_type}, ${p.cost_per_hr:.2f}/h) is still running: `pipeline pods stop {p.id}`"
+            + (" (this driver's pod)" if p.id == self.own_pod else "")
+            for p in pods
+        ]
