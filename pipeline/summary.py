@@ -123,7 +123,9 @@ def render_table(summary: dict[str, Any]):
 
 def _cell(r: dict[str, Any], seed: str) -> str:
     if seed in r["seeds"]:
-        return f"{r['seeds'][seed]['val_bpb']:.6f}"
+        v = r["seeds"][seed]
+        theirs = v.get("script") or {}  # a user's script's own final number, beside ours
+        return f"{v['val_bpb']:.6f}" + (f" (script {theirs['val_bpb']:.6f})" if theirs.get("val_bpb") is not None else "")
     est = r.get("estimated", {}).get(seed)
     if est:
         return f"~{est['value']:.5f} ± {est['half_width']:.5f} ({est['done']:.0%}, estimated)"

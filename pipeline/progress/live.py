@@ -16,7 +16,7 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
-from pipeline.progress.render import bpb_text, duration, progress_line, usd
+from pipeline.progress.render import bpb_text, duration, progress_line, train_val, usd
 from pipeline.progress.view import CampaignStatus, campaign_status
 from pipeline.spec import CampaignSpec
 from pipeline.store import Store
@@ -84,7 +84,8 @@ class LiveProgress:
         }
         for t in st.trains:
             if t.state == "RUNNING":
-                rows[f"train/{t.seed}"] = (f"train/{t.seed}", 0, 1, "training", "—", usd(t.spent_usd))
+                done, total = (t.steps or 0, t.planned_steps) if t.planned_steps else (0, 1)
+                rows[f"train/{t.seed}"] = (f"train/{t.seed}", done, total, train_val(t) or "training", "—", usd(t.spent_usd))
         for e in st.evals:
             if e.state == "RUNNING" and e.batches:
                 shards = f" ({e.running_units} shards)" if e.running_units > 1 else ""

@@ -44,12 +44,23 @@ def bpb_text(e: EvalStatus) -> str:
     return f"{est.value:.5f} ± {est.half_width:.5f}"
 
 
+def train_steps(tr) -> str:
+    if tr.steps is None:
+        return ""
+    return f"step {tr.steps}/{tr.planned_steps}" if tr.planned_steps else f"{tr.steps} steps"
+
+
+def train_val(tr) -> str:
+    v = tr.last_val
+    return f"val {v['val_bpb']:.4f} @ step {v['step']}" if v and v.get("val_bpb") is not None else ""
+
+
 def status_table(st: CampaignStatus) -> Table:
     t = Table(title=f"{st.name} — {st.store}", title_justify="left")
     for col in ("seed", "recipe", "state", "done", "val_bpb (95 %)", "windows/s", "ETA", "spent", "to finish"):
         t.add_column(col, justify="right" if col in ("seed", "done", "windows/s", "ETA", "spent", "to finish") else "left")
     for tr in st.trains:
-        t.add_row(str(tr.seed), "train", tr.state, f"{tr.steps} steps" if tr.steps else "", "", "", "", usd(tr.spent_usd), "")
+        t.add_row(str(tr.seed), "train", tr.state, train_steps(tr), train_val(tr), "", "", usd(tr.spent_usd), "")
     for e in st.evals:
         done = f"{e.batches_done / e.batches:.1%}" if e.batches else ""
         wps = f"{e.windows_per_s:,.1f}" if e.windows_per_s else "—"
@@ -92,7 +103,7 @@ def progress_line(st: CampaignStatus) -> str:
     run = [e for e in st.evals if e.state == "RUNNING"]
     trains = [t for t in st.trains if t.state == "RUNNING"]
     parts = [f"progress {st.done:.1%} of eval batches, ETA {duration(st.eta_s)}, {usd(st.cost.total_usd)} spent, {usd(st.to_finish_usd)} to finish"]
-    parts += [f"train/{t.seed} running" for t in trains]
+    parts += [f"train/{t.seed} {train_steps(t) or 'running'}" + (f" {train_val(t)}" if train_val(t) else "") for t in trains]
     parts += [f"{e.seed}/{e.recipe} {e.batches_done / e.batches:.0%} bpb {bpb_text(e)} ETA {duration(e.eta_s)}" for e in run if e.batches]
     return "; ".join(parts)
 

@@ -60,9 +60,32 @@ class TrainStatus:
     steps: int | None = None
     spent_usd: float = 0.0
     error: str | None = None
+    planned_steps: int | None = None  # while it runs: of how many (the step cap, or the script's N)
+    last_val: dict[str, float] | None = None  # a script's latest `step:S/N val_loss val_bpb` line
 
     def as_dict(self) -> dict[str, Any]:
-        return {"seed": self.seed, "state": self.state, "steps": self.steps, "spent_usd": self.spent_usd, "error": self.error}
+        return {
+            "seed": self.seed, "state": self.state, "steps": self.steps, "planned_steps": self.planned_steps,
+            "last_val": self.last_val, "spent_usd": self.spent_usd, "error": self.error,
+        }
+
+
+def training_progress(spec: CampaignSpec, store: Store, layout: Layout, seed: int) -> tuple[int | None, int | None, dict | None]:
+    """(step, of, last val line) of a seed that is training: a script's from its log in the store,
+    ours from its newest checkpoint."""
+    from pipeline.spec import ScriptTrain
+
+    if isinstance(spec.train, ScriptTrain):
+        from workers.golf_log import parse_log  # text only
+        from workers.script_train import read_log
+
+        _, text = read_log(store, layout, seed)
+        m = parse_log(text).metrics()
+        return m.get("steps"), m.get("planned_steps"), m.get("last_val")
+    steps = [
+        int(k.rsplit("step-", 1)[1][:8]) for k in store.list(f"{layout.train_dir(seed)}/ckpt") if k.endswith("/commit.json")
+    ]
+    return (max(steps) if steps else 0), spec.train.max_steps, None
 
 
 @dataclass
@@ -178,7 +201,10 @@ def campaign_status(spec: CampaignSpec, store: Store, now: float | None = None, 
         elif u in failed:
             state = "FAILED"
         line = cost.by_seed_recipe.get((seed, "train"))
-        trains.append(TrainStatus(seed, state, steps, line.usd if line else 0.0, failed.get(u)))
+        t = TrainStatus(seed, state, steps, line.usd if line else 0.0, failed.get(u))
+        if state == "RUNNING":
+            t.steps, t.planned_steps, t.last_val = training_progress(spec, store, layout, seed)
+        trains.append(t)
 
     evals = []
     for seed in spec.seeds:
