@@ -345,6 +345,7 @@ class Driver:
         self.spent_before_usd = 0.0  # what earlier runs of this campaign cost (ledger)
         self.spent_usd = 0.0  # this run's finished attempts
         self.shard_batches: dict[Unit, int] = {}
+        self.eval_units: dict[tuple[int, str], list[Unit]] = {}  # (seed, recipe) → its shards, for the merge
         self.recipe_batches: dict[str, int] = {}  # batches of a recipe's plan (the same for every seed)
         self.nodes: list[dict] | None = None  # the cluster as last recorded in the ledger
         self.usd_per_gpu_s = spec.cluster.pricing.usd_per_gpu_hour / 3600.0
@@ -376,6 +377,7 @@ class Driver:
             estimated = est is not None and self.store.exists(est)
             for k in range(len(plan["shards"])):
                 u = Unit.eval(seed, recipe.name, k)
+                self.eval_units.setdefault((seed, recipe.name), []).append(u)
                 self.shard_batches[u] = len(plan["shards"][k])
                 self.recipe_batches[recipe.name] = plan["batches"]
                 done = self.store.exists(u.commit_key(self.layout))
@@ -394,7 +396,7 @@ class Driver:
             self.unplanned.clear()
 
     def _merge_if_complete(self, seed: int, recipe: str) -> None:
-        shards = [u for u in self.tracker.states if u.kind == "eval" and u.seed == seed and u.recipe == recipe]
+        shards = self.eval_units.get((seed, recipe), [])
         if shards and all(self.tracker.state(u) == UnitState.DONE for u in shards):
             from workers.result import merge_result  # numpy only: the driver never imports torch for this
 
@@ -564,7 +566,8 @@ class Driver:
             if pods is not None:
                 pods.tick()  # stop pods no unit has used for idle_stop_min
             pending = [u for u in self.tracker.in_state(UnitState.PENDING) if self.not_before.get(u, 0) <= now]
-            self.budget_blocked = bool(pending) and not self.budget.allows(self._projection(running))
+            # the projection walks every unit: only when there is a budget to hold it against
+            self.budget_blocked = bool(pending) and spec.budget_usd is not None and not self.budget.allows(self._projection(running))
             if self.budget_blocked:
                 pending = []
             busy = {"train": 0.0, "eval": 0.0}
