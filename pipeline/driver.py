@@ -709,11 +709,9 @@ class Driver:
 
     def _committed(self, att: Attempt) -> dict[str, Any]:
         """When a dying attempt last committed work, for the ledger's lost-work cost."""
-        from pipeline.progress.cost import AttemptCost
         from pipeline.progress.view import committed_until
 
-        a = AttemptCost(att.unit.id, att.id, self.ledger.run_id, 0.0, att.gpus)
-        until = committed_until(self.store, self.layout, a)
+        until = committed_until(self.store, self.layout, att.unit.id, att.id)
         return {} if until is None else {"committed_until": until}
 
     def _on_error(self, att: Attempt, err: BaseException, secs: float, report: RunReport) -> None:

@@ -46,18 +46,16 @@ class Holder:
     def age(self, now: float) -> float:
         return max(0.0, now - self.heartbeat)
 
+    def _gone(self) -> bool:
+        """Released, or a holder on this host whose process is dead."""
+        return self.released or (self.host == platform.node() and not _pid_alive(self.pid))
+
     def free_for(self, now: float, take_over: bool) -> bool:
-        if self.released:
-            return True
-        if self.host == platform.node() and not _pid_alive(self.pid):
-            return True
-        return take_over and self.age(now) > self.ttl_s
+        return self._gone() or (take_over and self.age(now) > self.ttl_s)
 
     def live(self, now: float) -> bool:
         """Whether the holder still holds it, as far as anyone can tell from here."""
-        if self.released or (self.host == platform.node() and not _pid_alive(self.pid)):
-            return False
-        return self.age(now) <= self.ttl_s
+        return not self._gone() and self.age(now) <= self.ttl_s
 
     def describe(self, now: float) -> str:
         return f"{self.what} {self.host}:{self.pid} (heartbeat {self.age(now):.0f} s ago, started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.started))})"

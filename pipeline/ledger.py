@@ -49,8 +49,9 @@ class Ledger:
 
     def failed(self) -> dict[str, dict[str, Any]]:
         """Units whose latest state is FAILED → that event (reason, error class, log tail)."""
-        latest: dict[str, dict[str, Any]] = {}
-        for e in self.events():
-            if e.get("event") == "state":
-                latest[e["unit"]] = e
-        return {u: e for u, e in latest.items() if e["state"] == UnitState.FAILED.value}
+        return {u: e for u, e in latest_states(self.events()).items() if e["state"] == UnitState.FAILED.value}
+
+
+def latest_states(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """unit id → its latest state event (events in time order, as `Ledger.events` gives them)."""
+    return {e["unit"]: e for e in events if e.get("event") == "state"}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,8 +82,6 @@ class EarlyStops:
     that stops gets its estimate object, written create-only before the driver ends its units."""
 
     def __init__(self, spec, store, every_s: float, now=None):
-        import time
-
         self.spec, self.store, self.layout = spec, store, Layout(spec.name)
         self.every_s, self.now = every_s, now or time.monotonic
         self.last = -1e18

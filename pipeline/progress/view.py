@@ -12,13 +12,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.ledger import Ledger
-from pipeline.progress.cost import AttemptCost, CostReport, cost_report
+from pipeline.ledger import Ledger, latest_states
+from pipeline.progress.cost import CostReport, cost_report
 from pipeline.progress.estimators import Batches, Estimate, bpb_estimate
 from pipeline.progress.pricing import NodeIdentity
 from pipeline.progress.stopping import estimate_key
 from pipeline.spec import CampaignSpec, EvalRecipe
 from pipeline.store import Layout, Store
+from workers.segments import load_progress  # json only: no torch in the status view
 
 RATE_WINDOW_S = 600.0  # windows/s is measured over the segments of the last ten minutes
 
@@ -128,15 +129,6 @@ class CampaignStatus:
         }
 
 
-def latest_states(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """unit id → its latest state event."""
-    latest: dict[str, dict[str, Any]] = {}
-    for e in sorted(events, key=lambda e: e.get("time", 0.0)):
-        if e.get("event") == "state":
-            latest[e["unit"]] = e
-    return latest
-
-
 def rate(progress, window_s: float = RATE_WINDOW_S) -> float | None:
     """Batches per second from the segments flushed in the last `window_s` (all shards together):
     the batches after the first of them, over the time since it."""
@@ -150,18 +142,17 @@ def rate(progress, window_s: float = RATE_WINDOW_S) -> float | None:
     return sum(b for _, b in recent[1:]) / (recent[-1][0] - recent[0][0])
 
 
-def committed_until(store: Store, layout: Layout, a: AttemptCost) -> float | None:
-    """When an attempt last committed work (its newest segment or checkpoint), from the store."""
-    from workers.segments import load_progress  # json only, no torch
-
-    parts = a.unit.split("/")
+def committed_until(store: Store, layout: Layout, unit: str, attempt: str) -> float | None:
+    """When an attempt of a unit (its id) last committed work (its newest segment or checkpoint),
+    from the store."""
+    parts = unit.split("/")
     if parts[0] == "eval":
         prog = load_progress(store, layout.shard_dir(int(parts[1]), parts[2], int(parts[3])))
-        times = [s.time for s in prog.segments if s.attempt == a.attempt and s.time is not None]
+        times = [s.time for s in prog.segments if s.attempt == attempt and s.time is not None]
         return max(times) if times else None
     times = []
-    for key in store.list(f"{layout.train_dir(a.seed)}/ckpt"):
-        if key.endswith(f"-{a.attempt}/commit.json"):
+    for key in store.list(f"{layout.train_dir(int(parts[1]))}/ckpt"):
+        if key.endswith(f"-{attempt}/commit.json"):
             times.append(store.get_json(key).get("time"))
     times = [t for t in times if t is not None]
     return max(times) if times else None
@@ -169,21 +160,19 @@ def committed_until(store: Store, layout: Layout, a: AttemptCost) -> float | Non
 
 def campaign_status(spec: CampaignSpec, store: Store, now: float | None = None, live_run: str | None = None) -> CampaignStatus:
     """`live_run`: the run id of the driver that holds the campaign now (its open attempts run)."""
-    from workers.segments import load_progress
-
     now = time.time() if now is None else now
     layout = Layout(spec.name)
-    events = Ledger(store, layout, "status").events()
+    events = sorted(Ledger(store, layout, "status").events(), key=lambda e: e.get("time", 0.0))
     p = spec.cluster.pricing
     default = NodeIdentity("spec", True, 0.0, p.gpu_type, p.usd_per_gpu_hour)
-    cost = cost_report(events, now, {live_run} if live_run else set(), default, lambda a: committed_until(store, layout, a))
+    cost = cost_report(events, now, {live_run} if live_run else set(), default, lambda a: committed_until(store, layout, a.unit, a.attempt))
     latest = latest_states(events)
     running = {u for u, e in latest.items() if e["state"] == "RUNNING" and e.get("run") == live_run}
     failed = {u: (e.get("reason") or e.get("error") or "") for u, e in latest.items() if e["state"] == "FAILED"}
     # what waits now (the live driver), or what the last driver left waiting in vain
-    newest = max(events, key=lambda e: e.get("time", 0.0)).get("run") if events else None
+    newest = events[-1].get("run") if events else None
     waiting: dict[str, str] = {}
-    for e in sorted(events, key=lambda e: e.get("time", 0.0)):
+    for e in events:
         if e.get("event") == "waiting" and e.get("run") == (live_run or newest):
             if e.get("what"):
                 waiting[e["key"]] = e["what"]
@@ -210,7 +199,7 @@ def campaign_status(spec: CampaignSpec, store: Store, now: float | None = None, 
     for seed in spec.seeds:
         trained = store.exists(layout.manifest(seed))
         for recipe in spec.evals:
-            evals.append(_eval_status(store, layout, spec, seed, recipe, trained, running, failed, cost, load_progress))
+            evals.append(_eval_status(store, layout, seed, recipe, trained, running, failed, cost))
     _price_unstarted(evals)
     snaps = [e for e in events if e.get("event") == "cluster" and e.get("run") == (live_run or newest)]
     nodes = [NodeIdentity.from_dict(n) for n in max(snaps, key=lambda e: e["time"])["nodes"]] if snaps else []
@@ -234,7 +223,7 @@ def _price_unstarted(evals: list[EvalStatus]) -> None:
                 e.to_finish_usd = (n - e.batches_done) * per_batch[e.recipe]
 
 
-def _eval_status(store, layout, spec, seed, recipe: EvalRecipe, trained, running, failed, cost, load_progress) -> EvalStatus:
+def _eval_status(store, layout, seed, recipe: EvalRecipe, trained, running, failed, cost) -> EvalStatus:
     units = [u for u in running if u.startswith(f"eval/{seed}/{recipe.name}/")]
     line = cost.by_seed_recipe.get((seed, recipe.name))
     spent = line.usd if line else 0.0
