@@ -79,6 +79,9 @@ def _check_adapter(v: str | None) -> str | None:
     return v
 
 
+Adapter = Annotated[str | None, AfterValidator(_check_adapter)]
+
+
 class ModelConfig(_Strict):
     """The parameter-golf baseline family. Defaults are the baseline's size (~17 M parameters)."""
 
@@ -92,15 +95,10 @@ class ModelConfig(_Strict):
     logit_softcap: float = Field(30.0, gt=0)
     qk_gain_init: float = Field(1.5, gt=0)
     tied_embed_init_std: float = Field(0.005, gt=0)
-    adapter: str | None = later(
+    adapter: Adapter = later(
         None, description="'package.module:function' building the eval model from an artifact (README: Model adapters); "
         "None = this project's GPT; the other fields then describe the GPT"
     )
-
-    @field_validator("adapter")
-    @classmethod
-    def _adapter(cls, v: str | None) -> str | None:
-        return _check_adapter(v)
 
     @model_validator(mode="after")
     def _heads(self) -> ModelConfig:
@@ -215,7 +213,7 @@ class ScriptTrain(_Strict):
         description="files the script writes, relative to its cwd; the first is the artifact our evals score and the "
         "size limit counts, all are uploaded",
     )
-    adapter: str | None = Field(None, description="'package.module:function' loading the artifact for our evals (README: Model adapters)")
+    adapter: Adapter = Field(None, description="'package.module:function' loading the artifact for our evals (README: Model adapters)")
     world_size: int = Field(8, ge=1, description="ranks (torchrun's nproc_per_node × nnodes)")
     gpus_per_worker: float = Field(1, ge=0, description="GPU slots per rank (logical on a CPU box)")
     max_wallclock_s: float = Field(600.0, gt=0, description="the script's training time cap (its MAX_WALLCLOCK_SECONDS)")
@@ -250,11 +248,6 @@ class ScriptTrain(_Strict):
         if len(set(v)) != len(v):
             raise ValueError(f"duplicate paths {v}")
         return [_relative(a, "artifacts") for a in v]
-
-    @field_validator("adapter")
-    @classmethod
-    def _adapter(cls, v: str | None) -> str | None:
-        return _check_adapter(v)
 
     @property
     def timeout_s(self) -> float:

@@ -85,13 +85,9 @@ class GolfLog:
         return out
 
 
-def _num(s: str) -> float:
-    return float(s)
-
-
 def parse_line(log: GolfLog, line: str) -> None:
     if m := _FINAL.search(line):
-        log.finals[m.group(1)] = {"val_loss": _num(m.group(2)), "val_bpb": _num(m.group(3))}
+        log.finals[m.group(1)] = {"val_loss": float(m.group(2)), "val_bpb": float(m.group(3))}
     elif m := _STOP.search(line):
         log.stopped_early = m.group(1)
     elif m := _SERIALIZED.search(line):
@@ -99,7 +95,7 @@ def parse_line(log: GolfLog, line: str) -> None:
     elif m := _CODE.search(line):
         log.code_bytes = int(m.group(1))
     elif m := _STEP.search(line):
-        fields = {k.lower(): _num(v) for k, v, _ in _FIELD.findall(m.group(3))}
+        fields = {k.lower(): float(v) for k, v, _ in _FIELD.findall(m.group(3))}
         if fields:  # "step:N/M" alone (a warmup counter, a progress bar) is not a metrics line
             log.steps.append(StepLine(
                 int(m.group(1)), int(m.group(2)), fields.get("train_time"), fields.get("step_avg"),

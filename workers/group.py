@@ -114,9 +114,10 @@ def weights_digest(named: Iterable[tuple[str, torch.Tensor]]) -> str:
     return h.hexdigest()
 
 
-def _free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free now on `host` ("" = every interface, for a rendezvous other nodes reach)."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
@@ -153,7 +154,7 @@ def spawn(fn: Callable, world: int, accelerator: str, args: tuple = ()) -> None:
         # torch warns for each peer it stops after one rank failed; that failure is raised below
         log.setLevel(logging.ERROR)
         mp.start_processes(
-            _spawned, args=(world, _free_port(), accelerator, fn, args, errors), nprocs=world, join=True, start_method="spawn"
+            _spawned, args=(world, free_port(), accelerator, fn, args, errors), nprocs=world, join=True, start_method="spawn"
         )
     except ProcessException:
         if errors.empty():

@@ -21,7 +21,6 @@ import queue
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -79,12 +78,6 @@ def places(ranks: list[tuple[str, str, tuple[str, ...], int]]) -> list[Place]:
         gpus = tuple(g for q in mates for g in ranks[q][2])
         out.append(Place(r, len(ranks), mates.index(r), len(mates), nodes.index(node), len(nodes), ranks[0][1], ranks[0][3], gpus))
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 def script_env(base: dict[str, str], spec: CampaignSpec, seed: int, place: Place, ckpt_dir: Path | None) -> dict[str, str]:
@@ -354,16 +347,16 @@ class CheckpointSync:
 
 def restore_checkpoints(store: Store, layout: Layout, seed: int, node: int, folder: Path) -> str | None:
     """Fill `folder` with this node's newest snapshot of any earlier attempt; its key, or None."""
-    best: tuple[float, str] | None = None
+    best: tuple[float, str, dict] | None = None
     for k in store.list(layout.script_ckpt(seed)):
         m = _SNAP_RE.search(k)
         if m and int(m.group(2)) == node:
-            t = store.get_json(k)["time"]
-            if best is None or t > best[0]:
-                best = (t, k)
+            snap = store.get_json(k)
+            if best is None or snap["time"] > best[0]:
+                best = (snap["time"], k, snap)
     if best is None:
         return None
-    snap = store.get_json(best[1])
+    snap = best[2]
     prefix = best[1].rsplit("/", 1)[0]
     for rel, f in snap["files"].items():
         blob = store.get(f"{prefix}/blobs/{f['sha256']}")
@@ -397,7 +390,7 @@ def script_train_loop(config: dict[str, Any]) -> None:
 
     spec = CampaignSpec.model_validate(config["spec"])
     seed, attempt, store_uri = config["seed"], config["attempt"], config["store_uri"]
-    store, layout, t = open_store(store_uri), Layout(spec.name), spec.train
+    store, layout = open_store(store_uri), Layout(spec.name)
     ctx = ray.train.get_context()
     group = Group(ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank(), torch.device("cpu"))  # gloo: addresses only
     try:
@@ -410,13 +403,14 @@ def script_train_loop(config: dict[str, Any]) -> None:
 
 
 def _run_rank(spec, seed, attempt, store: Store, layout: Layout, group, context: dict, ray) -> None:
+    from workers.group import free_port  # torch: only on a training rank, never in the status view
     t: ScriptTrain = spec.train
     script = Path(t.script_file())
     if not script.is_file():
         raise FileNotFoundError(f"train.script: {script} does not exist on node {ray.util.get_node_ip_address()}")
     md5, sha, nbytes = _md5_and_size(script)
     node = ray.get_runtime_context().get_node_id()
-    me = (node, ray.util.get_node_ip_address(), tuple(str(g) for g in ray.get_gpu_ids()), free_port() if group.rank == 0 else 0)
+    me = (node, ray.util.get_node_ip_address(), tuple(str(g) for g in ray.get_gpu_ids()), free_port("") if group.rank == 0 else 0)
     everyone = group.all_gather((me, sha))
     if len({s for _, s in everyone}) > 1:
         raise ValueError(f"train.script: {script} differs between nodes (sha256 {sorted({s[:12] for _, s in everyone})}); copy the same file to every node")

@@ -51,9 +51,10 @@ class CampaignPods:
 
     def tick(self) -> list[str]:
         """At most once every `every_s`: stop the pods idle too long; the ids stopped."""
-        if self.clock() - self.last < self.every_s:
+        now = self.clock()
+        if now - self.last < self.every_s:
             return []
-        self.last = self.clock()
+        self.last = now
         nodes = ray_pod_nodes()
         try:
             pods = [p for p in self.client.list_pods() if p.id in nodes and p.id != self.own_pod]

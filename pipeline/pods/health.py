@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pipeline.progress.pricing import LABEL_POD_ID
 from pipeline.pods.pod import Pod, PodState
 
-POD_ID_LABEL = LABEL_POD_ID
 
 
 class Verdict(str, enum.Enum):
@@ -54,7 +53,7 @@ def ray_pod_nodes() -> dict[str, RayNode]:
     free = available_resources_per_node()
     out: dict[str, RayNode] = {}
     for n in ray.nodes():
-        pod_id = (n.get("Labels") or {}).get(POD_ID_LABEL)
+        pod_id = (n.get("Labels") or {}).get(LABEL_POD_ID)
         if not pod_id:
             continue
         alive = bool(n.get("Alive"))

@@ -38,11 +38,9 @@ def write_report(
     from pipeline.report.submission import build_submission, pick_recipe
 
     report = build_report(spec, store, baseline, live_run=live_run)
-    if recipe is not None:
-        pick_recipe(report, recipe)  # a bad name is refused before anything is written
+    chosen = pick_recipe(report, recipe)  # a bad name is refused before anything is written
     out_dir.mkdir(parents=True, exist_ok=True)
     pictures = write_plots(report, out_dir)
-    chosen = pick_recipe(report, recipe)
     submission = build_submission(report, chosen, bytes_code) if chosen is not None else None
     files = ReportFiles(
         _write(out_dir / "report.md", render_markdown(report, {k: p.name for k, p in pictures.items()}, submission)),

@@ -121,9 +121,6 @@ class Report:
     commands: list[str]  # the driver runs' command lines, as recorded
     baseline: Baseline | None = None
 
-    def recipe(self, name: str) -> RecipeReport:
-        return next(r for r in self.recipes if r.name == name)
-
     def as_dict(self) -> dict[str, Any]:
         return {
             "version": REPORT_VERSION, "campaign": self.campaign, "store": self.store, "generated": self.generated,
