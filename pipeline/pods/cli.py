@@ -222,9 +222,11 @@ def cmd_watch(args) -> int:
     stopper = IdleStopper(client, idle_min if idle_min is not None else 10.0, head_pod_id=args.head_pod, log=print)
     probe = _ssh_probe(args) if args.ssh else None
     last: dict[str, str] = {}
+    if not args.ray:
+        print("no --ray: health from RunPod alone, and no idle stops (which GPUs units hold is Ray's to say)", flush=True)
     while True:
         pods = client.list_pods()
-        nodes = _ray_view(args.ray) or {}
+        nodes = _ray_view(args.ray)  # None without --ray: not "Ray lists no pods"
         for p in pods:
             h = pod_health(p, nodes, probe)
             if last.get(p.id) != h.verdict.value:
@@ -233,7 +235,8 @@ def cmd_watch(args) -> int:
             if h.verdict is Verdict.DEAD and args.terminate_dead and p.state.name != "STOPPED":
                 client.terminate_pod(p.id)
                 print(f"{p.id}: terminated (dead)")
-        stopper.tick(pods, nodes)
+        if nodes is not None:
+            stopper.tick(pods, nodes)
         if args.once:
             return 0
         time.sleep(args.interval)
