@@ -76,7 +76,7 @@ def sim_eval(batch_s):
     def run(spec_json, seed, recipe, store_uri, shard, run_id, attempt):
         """The real eval shard (plan, segments, resume, done.json) with each batch's GPU time slept."""
         import workers.evaluate as ev
-        from pipeline.driver import _eval_unit
+        from pipeline.tasks import eval_unit as _eval_unit
         from workers.segments import Record
 
         def score(ctx, b):

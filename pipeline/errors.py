@@ -1,5 +1,5 @@
 """What went wrong in a unit attempt, classified once, and the retry policy that acts on it
-(design §4, README "Errors and retries").
+(docs/design.md §4, README "Errors and retries").
 
 The driver asks two questions of every failed attempt: *what kind of failure is this* (`classify`,
 one table) and *what now* (`RetryPolicy.decide`: retry after a delay, away from the nodes it

@@ -22,10 +22,16 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 
-from pipeline.store import NotFoundError, Store
+from pipeline.store import NotFoundError, Store, newest
 
 LEASE_VERSION = 1
 _GEN_RE = re.compile(r"/(\d{8})\.json$")
+
+
+def _gen(key: str) -> int | None:
+    """The generation of a lease object's key (`<dir>/<gen:08d>.json`); None for any other key."""
+    m = _GEN_RE.search(key)
+    return int(m.group(1)) if m else None
 
 
 class LeaseHeld(RuntimeError):
@@ -89,17 +95,18 @@ class Lease:
     # --- reading ------------------------------------------------------------------------------
 
     def _newest(self) -> tuple[int, Holder | None]:
-        gens = sorted(int(m.group(1)) for k in self.store.list(self.prefix) if (m := _GEN_RE.search(k)))
-        if not gens:
+        found = newest(self.store, self.prefix, _gen)
+        if found is None:
             return 0, None
+        gen = found[0]
         try:
-            obj = self.store.get_json(self._key(gens[-1]))
+            obj = self.store.get_json(self._key(gen))
         except NotFoundError:  # pruned between list and get: a newer one exists
             return self._newest()
         if obj.get("version") != LEASE_VERSION:
-            raise LeaseHeld(f"{self.store.uri}/{self._key(gens[-1])}: unknown lease version {obj.get('version')}")
+            raise LeaseHeld(f"{self.store.uri}/{self._key(gen)}: unknown lease version {obj.get('version')}")
         obj.pop("version")
-        return gens[-1], Holder(**obj)
+        return gen, Holder(**obj)
 
     def holder(self) -> Holder | None:
         return self._newest()[1]
@@ -130,7 +137,7 @@ class Lease:
             raise LeaseHeld(f"{self.name} was just taken by {won.describe(time.time()) if won else 'another process'}")
         self.gen = gen + 1
         for k in self.store.list(self.prefix):  # older generations are history now
-            if (m := _GEN_RE.search(k)) and int(m.group(1)) < self.gen:
+            if (g := _gen(k)) is not None and g < self.gen:
                 self.store.delete(k)
         return held
 

@@ -1,4 +1,4 @@
-"""Units of work and their one state machine (design §4).
+"""Units of work and their one state machine (docs/design.md §4).
 
 A unit is `train(seed)` or `eval(seed, recipe, shard)`.
 

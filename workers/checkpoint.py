@@ -11,17 +11,15 @@ committed checkpoints are kept. Restoring needs the same world size.
 from __future__ import annotations
 
 import io
-import re
 import time
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from pipeline.store import Layout, Store
+from pipeline.store import Layout, Store, newest_first
 
 CKPT_VERSION = 1
-_DIR_RE = re.compile(r"^(.*/ckpt/step-(\d+)(?:-[0-9a-f]+)?)/([^/]+)$")
 
 
 def _dump(obj: Any) -> bytes:
@@ -56,16 +54,12 @@ def save_checkpoint(
 
 
 def _checkpoints(store: Store, layout: Layout, seed: int) -> tuple[list[tuple[int, str]], dict[str, list[str]]]:
-    """(committed (step, dir) newest first, every checkpoint dir → its keys)."""
+    """(committed (step, dir) newest first, every checkpoint dir → its keys in key order), from one listing."""
+    found = newest_first(store, f"{layout.train_dir(seed)}/ckpt", Layout.ckpt_file)
     files: dict[str, list[str]] = {}
-    committed = []
-    for key in store.list(f"{layout.train_dir(seed)}/ckpt"):
-        m = _DIR_RE.match(key)
-        if m:
-            files.setdefault(m.group(1), []).append(key)
-            if m.group(3) == "commit.json":
-                committed.append((int(m.group(2)), m.group(1)))
-    return sorted(committed, reverse=True), files
+    for (_, d), key in reversed(found):
+        files.setdefault(d, []).append(key)
+    return [(step, d) for (step, d), key in found if key == f"{d}/commit.json"], files
 
 
 def prune_checkpoints(store: Store, layout: Layout, seed: int, keep: int) -> None:
@@ -75,7 +69,7 @@ def prune_checkpoints(store: Store, layout: Layout, seed: int, keep: int) -> Non
     kept = {d for _, d in committed[:keep]}
     oldest = committed[: keep][-1][0] if keep and committed else None
     for d, keys in files.items():
-        step = int(_DIR_RE.match(keys[0]).group(2))
+        step = Layout.ckpt_file(keys[0])[0]
         if d in kept or (oldest is not None and step >= oldest and d not in {c for _, c in committed}):
             continue
         for key in keys:

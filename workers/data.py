@@ -1,4 +1,4 @@
-"""Parameter-golf token shards and the bits-per-byte formula (design §5).
+"""Parameter-golf token shards and the bits-per-byte formula (docs/design.md §5).
 
 A shard is 256 little-endian int32 (magic 20240520, version 1, token count, rest 0) followed by the
 tokens as little-endian uint16; its size must be exactly 1024 + 2 × count bytes. Files are

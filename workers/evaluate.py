@@ -1,6 +1,6 @@
 """Eval engine: load a seed's artifact, score its val windows batch by batch, checkpoint progress.
 
-Speed comes from (design §5): one hidden-state forward per batch, logits only at the scored
+Speed comes from (docs/design.md §5): one hidden-state forward per batch, logits only at the scored
 positions (a window of 1024 scoring its last 64 needs 1/16 of the logits), bf16 autocast on GPU,
 and index arithmetic in numpy rather than a Python loop per window.
 """

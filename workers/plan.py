@@ -1,4 +1,4 @@
-"""The eval plan of one (seed, recipe): its batches and which shard scores which (design §6).
+"""The eval plan of one (seed, recipe): its batches and which shard scores which (docs/design.md §6).
 
 Written once to `plan.json` and reused by every attempt, so shards, restarts and the final merge
 all agree on batch numbers. Independent batches (no TTT) are dealt to shards in a seeded random
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.spec import CampaignSpec, EvalRecipe
-from pipeline.store import Layout, Store
+from pipeline.store import Layout, NotFoundError, Store
 from workers.data import count_val_tokens
 from workers.windows import Windows, make_windows, plan_batches
 
@@ -62,15 +62,22 @@ def make_plan(seed: int, recipe: EvalRecipe, windows: int, batches: int, shards:
     return {"version": PLAN_VERSION, "recipe": recipe.name, "windows": windows, "batches": batches, "shards": assignment}
 
 
-def ensure_plan(store: Store, spec: CampaignSpec, seed: int, recipe: EvalRecipe, default_shards: int) -> dict[str, Any]:
+def ensure_plan(
+    store: Store, spec: CampaignSpec, seed: int, recipe: EvalRecipe, default_shards: int, geometry: tuple[int, int] | None = None,
+) -> dict[str, Any]:
     """The stored plan, or a new one written now. plan.json is create-only: two drivers planning
-    at once with different GPU counts both end up using the one that was written first."""
+    at once with different GPU counts both end up using the one that was written first.
+    `geometry` is `plan_geometry(spec, recipe)` where the caller already has it (the same for
+    every seed: a sweep's driver computes it once per recipe)."""
     key = Layout(spec.name).plan(seed, recipe.name)
-    if store.exists(key):
-        plan = store.get_json(key)
+    try:
+        plan = store.get_json(key)  # one request: most calls find the plan
+    except NotFoundError:
+        pass
+    else:
         if plan.get("version") != PLAN_VERSION:
             raise ValueError(f"{store.uri}/{key}: unsupported plan version {plan.get('version')}")
         return plan
-    windows, batches = plan_geometry(spec, recipe)
+    windows, batches = geometry or plan_geometry(spec, recipe)
     plan = make_plan(seed, recipe, windows, batches, recipe.shards or default_shards)
-    return plan if store.put_new_json(key, plan) else ensure_plan(store, spec, seed, recipe, default_shards)
+    return plan if store.put_new_json(key, plan) else ensure_plan(store, spec, seed, recipe, default_shards, geometry)

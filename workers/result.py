@@ -1,4 +1,4 @@
-"""The result of one (seed, recipe): every shard's records summed in batch order (design §6).
+"""The result of one (seed, recipe): every shard's records summed in batch order (docs/design.md §6).
 
 Kept apart from the engine so the driver merges results without importing torch.
 """
@@ -24,14 +24,13 @@ def merge_result(store: Store, layout: Layout, seed: int, recipe: EvalRecipe) ->
     if store.exists(key):
         return store.get_json(key)
     plan = store.get_json(layout.plan(seed, recipe.name))
-    dones = []
-    for k in range(len(plan["shards"])):
-        done = layout.shard_done(seed, recipe.name, k)
-        if not store.exists(done):
-            return None
-        dones.append(store.get_json(done))
+    listed = store.list(layout.eval_dir(seed, recipe.name))  # one listing: the shards' commits and every segment
+    done_keys = [layout.shard_done(seed, recipe.name, k) for k in range(len(plan["shards"]))]
+    if not set(done_keys) <= set(listed):
+        return None
+    dones = store.get_many_json(done_keys)
     # Any complete set of records counts, whichever attempt or shard wrote it.
-    progress = load_progress(store, layout.eval_dir(seed, recipe.name))
+    progress = load_progress(store, layout.eval_dir(seed, recipe.name), listed)
     missing = [b for b in range(plan["batches"]) if b not in progress.records]
     if missing:
         bad = f"; unreadable segments: {', '.join(progress.corrupt[:3])}" if progress.corrupt else ""

@@ -1,4 +1,4 @@
-"""Scoring passes: how one batch of windows turns into per-target nll (design §5).
+"""Scoring passes: how one batch of windows turns into per-target nll (docs/design.md §5).
 
 Every scorer gets the batch's final hidden states H [B, L, d], computed once without grad, and
 works only on the positions it needs: the scored ones (and, for SLOT's other losses, the positions

@@ -1,4 +1,4 @@
-"""Eval progress as immutable, checksummed segments of per-batch records (design §6).
+"""Eval progress as immutable, checksummed segments of per-batch records (docs/design.md §6).
 
 A record is (batch index, Σ nll in nats as float64, tokens, bytes). A segment is one store object
 holding the records flushed together; segments are never rewritten, so a crash loses at most the
@@ -92,20 +92,19 @@ class Progress:
     segments: list[Segment] = field(default_factory=list)
 
 
-def load_progress(store: Store, prefix: str) -> Progress:
+def load_progress(store: Store, prefix: str, keys: list[str] | None = None) -> Progress:
     """Every record under `prefix` (a shard, or a whole eval: records are per batch, whichever
     attempt or shard wrote them). Records of one batch from several attempts must be bit-equal;
-    where they are not, the first segment in key order wins and the disagreement is reported."""
+    where they are not, the first segment in key order wins and the disagreement is reported.
+    `keys`: the prefix's listing where the caller already has it."""
     records: dict[int, Record] = {}
     source: dict[int, str] = {}
     corrupt: list[str] = []
     conflicts: list[Conflict] = []
     segments: list[Segment] = []
-    for key in store.list(prefix):
-        m = _SEG_RE.search(key)
-        if not m:
-            continue
-        out = _decode(store.get(key))
+    found = [(key, m) for key in (store.list(prefix) if keys is None else keys) if (m := _SEG_RE.search(key))]
+    for (key, m), data in zip(found, store.get_many([k for k, _ in found]), strict=True):  # key order, whatever the fetch order
+        out = _decode(data)
         if out is None:
             corrupt.append(key)
             continue

@@ -1,4 +1,4 @@
-"""SLOT scorers (design §5): per batch, a δ added to the final hidden states is fitted by AdamW, then
+"""SLOT scorers (docs/design.md §5): per batch, a δ added to the final hidden states is fitted by AdamW, then
 the batch is scored once with it and δ is discarded.
 
 - shared (`slot`): δ [1, d] for the whole batch; the loss positions are the scored ones, every

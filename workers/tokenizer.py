@@ -1,4 +1,4 @@
-"""SentencePiece tokenizer: training one for `pipeline data prepare`, and the byte tables of design §5."""
+"""SentencePiece tokenizer: training one for `pipeline data prepare`, and the byte tables of docs/design.md §5."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Score-first test-time training (design §5): the adaptation between chunks, and its checkpoints.
+"""Score-first test-time training (docs/design.md §5): the adaptation between chunks, and its checkpoints.
 
 Val targets are cut into chunks of `chunk_tokens`. Chunk c is first scored with the model adapted
 on chunks < c only, then the model trains on chunk c: its tokens cut into non-overlapping seq_len
@@ -6,7 +6,7 @@ sequences, `epochs` epochs, SGD with momentum (or Muon for 2-D weights), grad-no
 lr · ½(1 + cos(π c / (n − 1))). The model + optimizer state at a chunk boundary is saved to the
 store, so a killed TTT eval resumes there and gives the same bits.
 
-On k GPUs (`ttt.gpus`, design §6) the unit is a data-parallel group: every step's batch_seqs
+On k GPUs (`ttt.gpus`, docs/design.md §6) the unit is a data-parallel group: every step's batch_seqs
 sequences are split across the ranks, each rank's loss is weighted by its share, and the gradients
 are summed, so the step is the single-GPU step up to float rounding (the sum runs in another
 order). Every rank ends each step with the same weights; the saved state carries each rank's
@@ -19,20 +19,17 @@ import fnmatch
 import hashlib
 import io
 import math
-import re
 
 import numpy as np
 import torch
 
 from pipeline.spec import TTTPass
-from pipeline.store import Layout, NotFoundError, Store
+from pipeline.store import Layout, NotFoundError, Store, newest_first
 from workers.group import Group, weights_digest
 from workers.optim import Muon, PlainMuon
 from workers.scoring import lm_loss
 
 STATE_VERSION = 2  # 2: one optimizer state per rank
-# state-<next chunk>-<attempt>; plain state-<chunk> in stores written before attempts had ids
-_STATE_RE = re.compile(r"/state-(\d+)(?:-[0-9a-f]+)?$")
 
 
 def num_chunks(total_targets: int, chunk_tokens: int) -> int:
@@ -163,8 +160,7 @@ def save_state(
     payload = buf.getvalue()
     store.put_new(layout.ttt_state(seed, recipe, shard, next_chunk, attempt), hashlib.sha256(payload).hexdigest().encode() + payload)
     for key in store.list(layout.shard_dir(seed, recipe, shard)):
-        m = _STATE_RE.search(key)
-        if m and int(m.group(1)) < next_chunk:
+        if (chunk := Layout.ttt_chunk(key)) is not None and chunk < next_chunk:
             store.delete(key)
 
 
@@ -176,12 +172,7 @@ def restore_latest(
     resumes from two different states."""
     chosen, nxt = None, 0
     if trainer.group.rank == 0:
-        states = []
-        for key in store.list(layout.shard_dir(seed, recipe, shard)):
-            m = _STATE_RE.search(key)
-            if m:
-                states.append((int(m.group(1)), key))
-        for chunk, key in sorted(states, reverse=True):
+        for chunk, key in newest_first(store, layout.shard_dir(seed, recipe, shard), Layout.ttt_chunk):
             if usable(chunk) and (loaded := trainer.load_blob(_get_or_none(store, key))) is not None:
                 chosen, nxt = key, loaded
                 break

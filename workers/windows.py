@@ -1,4 +1,4 @@
-"""Sliding-window geometry of design §5, vectorized (no Python loop per window).
+"""Sliding-window geometry of docs/design.md §5, vectorized (no Python loop per window).
 
 With T = val tokens − 1 targets, window starts are s = 0, stride, 2·stride, … < T; a window covers
 targets [s, min(s + seq_len, T)) and scores the relative positions [score_lo, len).

@@ -18,7 +18,7 @@ from pipeline.progress.estimators import Batches, Estimate, bpb_estimate
 from pipeline.progress.pricing import NodeIdentity
 from pipeline.progress.stopping import estimate_key
 from pipeline.spec import CampaignSpec, EvalRecipe
-from pipeline.store import Layout, Store
+from pipeline.store import Layout, Store, newest
 from workers.segments import load_progress  # json only: no torch in the status view
 
 RATE_WINDOW_S = 600.0  # windows/s is measured over the segments of the last ten minutes
@@ -83,10 +83,8 @@ def training_progress(spec: CampaignSpec, store: Store, layout: Layout, seed: in
         _, text = read_log(store, layout, seed)
         m = parse_log(text).metrics()
         return m.get("steps"), m.get("planned_steps"), m.get("last_val")
-    steps = [
-        int(k.rsplit("step-", 1)[1][:8]) for k in store.list(f"{layout.train_dir(seed)}/ckpt") if k.endswith("/commit.json")
-    ]
-    return (max(steps) if steps else 0), spec.train.max_steps, None
+    found = newest(store, f"{layout.train_dir(seed)}/ckpt", Layout.ckpt_commit)
+    return (found[0] if found else 0), spec.train.max_steps, None
 
 
 @dataclass
@@ -162,7 +160,7 @@ def campaign_status(spec: CampaignSpec, store: Store, now: float | None = None, 
     """`live_run`: the run id of the driver that holds the campaign now (its open attempts run)."""
     now = time.time() if now is None else now
     layout = Layout(spec.name)
-    events = sorted(Ledger(store, layout, "status").events(), key=lambda e: e.get("time", 0.0))
+    events = Ledger(store, layout, "status").events()  # in time order
     p = spec.cluster.pricing
     default = NodeIdentity("spec", True, 0.0, p.gpu_type, p.usd_per_gpu_hour)
     cost = cost_report(events, now, {live_run} if live_run else set(), default, lambda a: committed_until(store, layout, a.unit, a.attempt))

@@ -1,10 +1,12 @@
 import json
+import time
 
 import pytest
 import yaml
 
 from pipeline.cli import main
-from pipeline.driver import CampaignChanged, Driver, check_campaign, pick_evals
+from pipeline.driver import CampaignChanged, Driver, check_campaign
+from pipeline.scheduler import Attempt, Scheduler
 from pipeline.ledger import Ledger
 from pipeline.store import Layout, open_store
 from pipeline.units import IllegalTransition, Unit, UnitState, UnitTracker
@@ -106,14 +108,24 @@ def test_ttt_unit_on_two_gpus_and_its_app_error(ray_local, data_dir, tmp_path):
     assert states == ["RUNNING", "FAILED"]  # an application error is not retried
 
 
-def test_pick_evals_largest_first_without_starving_a_group():
+def _scheduler(pending: list[Unit], gpus: dict[str, float], running: list[Unit] = ()) -> Scheduler:
+    sched = Scheduler(lambda u: 8.0 if u.kind == "train" else gpus[u.recipe])
+    for u in [*pending, *running]:
+        sched.add(u, UnitState.PENDING)
+    for k, u in enumerate(running):
+        sched.started(k, Attempt(u, f"a{k}", 0.0, sched.slots(u)))
+    return sched
+
+
+def test_scheduler_evals_largest_first_without_starving_a_group():
     ttt = Unit.eval(1, "ttt4", 0)
     shards = [Unit.eval(1, "slot", k) for k in range(6)]
     big = Unit.eval(2, "ttt16", 0)
-    gpus = {"ttt4": 4, "slot": 1, "ttt16": 16}
+    gpus = {"ttt4": 4, "slot": 1, "ttt16": 16, "busy": 1}
 
     def pick(pending, free, capacity=8):
-        return pick_evals(pending, lambda u: gpus[u.recipe], free, capacity)
+        busy = [Unit.eval(9, "busy", k) for k in range(capacity - free)]  # running shards hold the rest
+        return _scheduler(pending, gpus, busy).launches(capacity)
 
     assert pick(shards + [ttt], 8) == [ttt] + shards[:4]  # the group first, shards fill around it
     assert pick(shards + [ttt], 3) == []  # 3 free GPUs wait for the group rather than go to shards
@@ -121,6 +133,30 @@ def test_pick_evals_largest_first_without_starving_a_group():
     assert pick([big] + shards, 2) == shards[:2]  # a unit bigger than the cluster does not block others
     assert pick([big] + shards, 8) == shards[:6]  # ... and is never launched: it waits for capacity
     assert pick(shards, 0, capacity=0) == []
+    sched = _scheduler([big] + shards, gpus)
+    assert list(sched.too_big(8)) == [big] and sched.launchable(8) and not sched.launchable(0)
+
+
+def test_scheduler_trains_first_and_retry_backoff():
+    trains = [Unit.train(s) for s in (2, 0, 1)]
+    shards = [Unit.eval(0, "slot", k) for k in range(12)]
+    sched = _scheduler(trains + shards, {"slot": 1})
+    first = sched.launches(16)
+    assert first == [Unit.train(0), Unit.train(1)]  # seed order; two 8-GPU groups fill 16 GPUs
+    for k, u in enumerate(first):
+        sched.started(("t", k), Attempt(u, "a", 0.0, 8))
+    assert sched.launches(16) == []  # the third group waits; no shard takes its GPUs
+    att = sched.ended(("t", 0))
+    sched.move(att.unit, UnitState.INTERRUPTED)
+    sched.move(att.unit, UnitState.PENDING, not_before=time.monotonic() + 3600)  # backing off
+    assert sched.launches(16) == [Unit.train(2)]  # the backed-off one is passed over, not lost
+    sched.started("t2", Attempt(Unit.train(2), "b", 0.0, 8))
+    later = time.monotonic() + 7200
+    assert sched.launches(16, now=later) == []  # due, but two groups hold the 16 GPUs
+    sched.move(sched.ended(("t", 1)).unit, UnitState.DONE)
+    assert sched.launches(16, now=later) == [Unit.train(0)]
+    sched.started("t0", Attempt(Unit.train(0), "c", 0.0, 8))
+    assert sched.launches(16, now=later) == []  # launched once, not twice; shards wait for the GPUs
 
 
 def test_state_machine():
@@ -202,7 +238,7 @@ def _loop_rank1_raises(config):
 
 
 def _train_rank1_raises(spec_json, seed, store_uri, context, run_id, attempt):
-    from pipeline.driver import _fit_group
+    from pipeline.tasks import fit_group as _fit_group
     from pipeline.spec import CampaignSpec
 
     spec = CampaignSpec.model_validate(spec_json)

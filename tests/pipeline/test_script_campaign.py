@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.driver import Driver
+from pipeline.ledger import Ledger
 from pipeline.spec import parse_spec
 from pipeline.store import Layout, open_store
 from pipeline.summary import build_summary
@@ -71,14 +72,14 @@ def test_a_crashing_script_ends_failed_with_its_log_tail(campaign):
 
     reason = report.failed[Unit.train(2)]
     assert reason.startswith("script-error: ScriptError: rank ") and "ValueError: the learning rate schedule is broken at step 2" in reason
-    events = [e for e in store.list(layout.events)]
-    failed = [store.get_json(k) for k in events if store.get_json(k).get("unit") == "train/2" and store.get_json(k).get("state") == "FAILED"]
+    events = [e for e in Ledger(store, layout, "x").events() if e.get("unit") == "train/2"]
+    failed = [e for e in events if e.get("state") == "FAILED"]
     assert len(failed) == 1 and failed[0]["class"] == "deterministic"
     # every rank raises; whichever recorded its error first gives the tail (rank 0's also has the step lines it printed)
     assert any("Traceback (most recent call last):" in ln for ln in failed[0]["tail"])
     if reason.startswith("script-error: ScriptError: rank 0"):
         assert any(ln.startswith("step:1/6 train_loss:") for ln in failed[0]["tail"])
-    starts = [k for k in events if store.get_json(k).get("unit") == "train/2" and store.get_json(k).get("state") == "RUNNING"]
+    starts = [e for e in events if e.get("state") == "RUNNING"]
     assert len(starts) == 1  # deterministic: not retried
     _, text = read_log(store, layout, 2)
     assert "step:1/6" in text and "ValueError" in text

@@ -1,9 +1,10 @@
 import os
+import re
 import time
 
 import pytest
 
-from pipeline.store import LocalStore, NotFoundError, StoreError, open_store
+from pipeline.store import Layout, LocalStore, NotFoundError, StoreError, newest, newest_first, open_store
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -28,6 +29,48 @@ def test_put_get_exists_list(store):
     store.delete("z")
     store.delete("z")  # already gone is fine
     assert not store.exists("z") and store.list() == ["a/b.json", "a/bc/d"]
+
+
+def test_list_after_a_key_lists_only_what_sorts_after_it(store):
+    for k in ("ev/0001.json", "ev/0002.json", "ev/0003.json", "other/0009"):
+        store.put(k, b"x")
+    assert store.list("ev", start_after=None) == store.list("ev") == ["ev/0001.json", "ev/0002.json", "ev/0003.json"]
+    assert store.list("ev", start_after="ev/0001.json") == ["ev/0002.json", "ev/0003.json"]
+    assert store.list("ev", start_after="ev/0002") == ["ev/0002.json", "ev/0003.json"]  # any string, not only a key
+    assert store.list("ev", start_after="ev/0003.json") == []
+    assert store.list("ev", start_after="a") == store.list("ev")  # before the prefix: all of it
+    assert store.list(start_after="ev/0003.json") == ["other/0009"]
+
+
+def test_s3_list_after_a_key_at_the_bucket_root(s3_bucket):
+    st = open_store(f"s3://{s3_bucket}")
+    for k in ("ev/1", "ev/2", "z"):
+        st.put(k, b"x")
+    assert st.list("ev", start_after="ev/1") == ["ev/2"] and st.list(start_after="ev/2") == ["z"]
+
+
+def test_newest_takes_the_largest_value_and_of_equal_values_the_later_key(store):
+    for k in ("d/step-2-b", "d/step-10-a", "d/step-10-c", "d/notes.txt"):
+        store.put(k, b"x")
+
+    def step(key: str) -> int | None:
+        m = re.search(r"/step-(\d+)-", key)
+        return int(m.group(1)) if m else None
+
+    assert newest(store, "d", step) == (10, "d/step-10-c")
+    assert newest_first(store, "d", step) == [(10, "d/step-10-c"), (10, "d/step-10-a"), (2, "d/step-2-b")]
+    assert newest(store, "empty", step) is None and newest_first(store, "empty", step) == []
+
+
+def test_layout_reads_back_the_names_it_writes():
+    layout = Layout("camp")
+    ckpt = layout.train_ckpt(3, 1200, "ab12cd34ef56")
+    assert Layout.ckpt_file(f"{ckpt}/rank-1.pt") == (1200, ckpt) and Layout.ckpt_file(f"{ckpt}/commit.json") == (1200, ckpt)
+    assert Layout.ckpt_commit(f"{ckpt}/commit.json") == 1200 and Layout.ckpt_commit(f"{ckpt}/rank-0.pt") is None
+    assert Layout.ckpt_commit("camp/seeds/3/train/ckpt/step-00000100/commit.json") == 100  # before attempts had ids
+    assert Layout.ttt_chunk(layout.ttt_state(3, "r", 0, 42, "ab12cd34ef56")) == 42
+    assert Layout.ttt_chunk(f"{layout.shard_dir(3, 'r', 0)}/state-000007") == 7
+    assert Layout.ttt_chunk(layout.segment(3, "r", 0, "ab12cd34ef56", 1)) is None
 
 
 def test_json_and_missing(store):
@@ -239,3 +282,15 @@ def test_one_place_three_spellings_and_interrupted_writes_are_cleaned(tmp_path, 
     fresh.write_bytes(b"half")  # a write in flight now (another attempt's): left alone
     assert st.list("c") == ["c/a"] and st.clean_tmp("c") == 1
     assert not old.exists() and fresh.exists()
+
+
+def test_seed_commit_reads_the_commit_objects_off_a_listing():
+    layout = Layout("c")
+    assert layout.seed_commit(3, layout.manifest(3)) == ("", "manifest", None)
+    assert layout.seed_commit(3, layout.plan(3, "sw")) == ("sw", "plan", None)
+    assert layout.seed_commit(3, layout.result(3, "sw")) == ("sw", "result", None)
+    assert layout.seed_commit(3, layout.estimate(3, "sw", "ab12")) == ("sw", "estimate", None)
+    assert layout.seed_commit(3, layout.shard_done(3, "sw", 17)) == ("sw", "done", 17)
+    for other in (layout.segment(3, "sw", 1, "a", 0), layout.train_ckpt(3, 5, "a") + "/commit.json", layout.manifest(4),
+                  layout.shard_error(3, "sw", 2, "a"), layout.ttt_state(3, "sw", 0, 4, "a")):
+        assert layout.seed_commit(3, other) is None, other

@@ -1,6 +1,6 @@
 """Straightforward reference evals: a Python loop builds each window, the model computes logits for
 every position of every window, and a mask picks the scored ones. Same semantics as the engine
-(design §5), none of its shortcuts: no linear-head trick, its own lr schedules, and its own TTT
+(docs/design.md §5), none of its shortcuts: no linear-head trick, its own lr schedules, and its own TTT
 steps for AdamW and PR #1176's Muon-TTT. Used by the tests for agreement and by bench/ for speed."""
 
 from __future__ import annotations

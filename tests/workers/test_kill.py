@@ -1,5 +1,5 @@
 """Exactness under kills: SIGKILL the eval process again and again, restart it each time, and the
-final numbers equal an uninterrupted run's bit for bit (design §6)."""
+final numbers equal an uninterrupted run's bit for bit (docs/design.md §6)."""
 
 from __future__ import annotations
 

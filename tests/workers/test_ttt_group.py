@@ -1,4 +1,4 @@
-"""TTT on k GPUs (design §5, §6): a data-parallel group of real processes (gloo on this CPU box,
+"""TTT on k GPUs (docs/design.md §5, §6): a data-parallel group of real processes (gloo on this CPU box,
 launched like `pipeline eval` launches them) gives the single-GPU numbers up to float rounding,
 repeats its own bits, and resumes from per-rank optimizer state."""
 

@@ -1,0 +1,211 @@
+"""Where the driver's attempts run: Ray (the product) or threads in this process (tests, bench).
+
+The driver decides *what* runs *when* (pipeline/scheduler.py); an executor only starts an attempt
+of a unit, says which attempts have ended, and describes the cluster (GPUs, nodes). Keeping Ray
+behind this small interface is what lets a 10,000-unit campaign of fake units run through the real
+driver in seconds (tests/pipeline/test_scale.py, bench/scale_bench.py), with nothing of the
+scheduling swapped out.
+"""
+
+from __future__ import annotations
+
+import queue
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.units import Unit
+
+# Eval tasks keep their worker process across shards; Ray must then not narrow
+# CUDA_VISIBLE_DEVICES per task (workers/device.py cuda_index says why).
+EVAL_TASK_ENV = {"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"}
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What one attempt runs: the unit, its attempt id, the GPUs it holds and the nodes to avoid."""
+
+    unit: Unit
+    attempt: str
+    gpus: float
+    avoid: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class UnitFns:
+    """The functions an attempt runs (pipeline/driver.py's `_train_unit`, `_eval_unit`,
+    `_eval_group_unit`; a bench swaps in fakes of the same signature) and their fixed arguments."""
+
+    train: Callable[..., dict]
+    eval: Callable[..., dict]
+    group_eval: Callable[..., dict]
+    spec_json: dict
+    store_uri: str
+    context: dict
+    run_id: str
+
+    def args(self, launch: Launch) -> tuple[Callable[..., dict], tuple]:
+        u = launch.unit
+        if u.kind == "train":
+            return self.train, (self.spec_json, u.seed, self.store_uri, self.context, self.run_id, launch.attempt)
+        fn = self.group_eval if launch.gpus > 1 else self.eval
+        return fn, (self.spec_json, u.seed, u.recipe, self.store_uri, u.shard, self.run_id, launch.attempt)
+
+
+class Executor(ABC):
+    """Starts attempts and reports the ones that ended. A handle is whatever `submit` returned."""
+
+    @abstractmethod
+    def submit(self, launch: Launch) -> Any: ...
+
+    @abstractmethod
+    def wait(self, handles: list[Any], timeout: float) -> list[Any]:
+        """The handles among `handles` whose attempt ended: waits up to `timeout` for the first,
+        then takes every other that has ended too (one loop turn handles a burst of them)."""
+
+    @abstractmethod
+    def result(self, handle: Any) -> dict:
+        """The attempt's return value; raises what the attempt raised."""
+
+    @abstractmethod
+    def cancel(self, handle: Any) -> None: ...
+
+    @abstractmethod
+    def capacity(self) -> float:
+        """GPUs of the cluster now."""
+
+    @abstractmethod
+    def nodes(self) -> list[dict[str, Any]]:
+        """The cluster's nodes in `ray.nodes()`'s shape (NodeID, Alive, Resources, Labels)."""
+
+    def watch_pods(self, idle_stop_min: float, log: Callable[[str], None]) -> Any:
+        """The campaign's RunPod watch (pipeline/pods/campaign.py) where the cluster has pods."""
+        return None
+
+
+class RayExecutor(Executor):
+    def __init__(self, fns: UnitFns):
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        self.fns, self._affinity = fns, NodeAffinitySchedulingStrategy
+        # The launcher of a worker group stays on the driver's node, so losing a GPU node costs the
+        # group its workers but never the launcher itself.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        self._train = ray.remote(num_cpus=0, max_retries=0, scheduling_strategy=here)(fns.train)
+        # max_calls=0: reuse eval worker processes across shards (Ray's default for GPU tasks is a
+        # fresh process each time, which re-imports torch and re-creates the CUDA context per
+        # shard); EVAL_TASK_ENV keeps each task on the GPU Ray assigned to it.
+        self._eval = ray.remote(max_retries=0, max_calls=0, runtime_env={"env_vars": EVAL_TASK_ENV})(fns.eval)
+        self._group = ray.remote(num_cpus=0, max_retries=0, scheduling_strategy=here)(fns.group_eval)
+
+    def submit(self, launch: Launch) -> Any:
+        fn, args = self.fns.args(launch)
+        if fn is self.fns.train:
+            return self._train.remote(*args)
+        if fn is self.fns.group_eval:
+            return self._group.remote(*args)
+        strategy = self._elsewhere(launch)
+        return self._eval.options(num_gpus=1, **({"scheduling_strategy": strategy} if strategy else {})).remote(*args)
+
+    def _elsewhere(self, launch: Launch) -> Any:
+        """A soft affinity to an alive GPU node the unit has not failed on, if there is one."""
+        if not launch.avoid:
+            return None
+        for n in self.nodes():
+            if n["Alive"] and n["NodeID"] not in launch.avoid and n["Resources"].get("GPU", 0) >= launch.gpus:
+                return self._affinity(n["NodeID"], soft=True)
+        return None
+
+    def wait(self, handles: list[Any], timeout: float) -> list[Any]:
+        import ray
+
+        if not handles:
+            return []
+        ready, rest = ray.wait(handles, num_returns=1, timeout=timeout)
+        if ready and rest:
+            more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
+            ready += more
+        return ready
+
+    def result(self, handle: Any) -> dict:
+        import ray
+
+        return ray.get(handle)
+
+    def cancel(self, handle: Any) -> None:
+        import ray
+
+        ray.cancel(handle, force=True, recursive=True)
+
+    def capacity(self) -> float:
+        import ray
+
+        return float(ray.cluster_resources().get("GPU", 0.0))
+
+    def nodes(self) -> list[dict[str, Any]]:
+        import ray
+
+        return ray.nodes()
+
+    def watch_pods(self, idle_stop_min: float, log: Callable[[str], None]) -> Any:
+        from pipeline.pods.campaign import CampaignPods  # active only with a RunPod key and pod nodes
+
+        return CampaignPods.for_cluster(idle_stop_min, log)
+
+
+class ThreadExecutor(Executor):
+    """Attempts as threads of this process on `gpus` logical GPUs of one node: for fake units
+    (tests, bench/scale_bench.py), where the driver is what is exercised. A cancelled attempt's
+    thread runs on (a thread cannot be killed) but its end is never reported."""
+
+    NODE_ID = "local"
+
+    def __init__(self, fns: UnitFns, gpus: float, threads: int = 4):
+        self.fns, self.gpus = fns, gpus
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="unit")
+        self._ended: queue.SimpleQueue[Future] = queue.SimpleQueue()  # filled by the attempts' threads
+        self._cancelled: set[Future] = set()
+        self._done: set[Future] = set()  # ended, not reported yet
+
+    def submit(self, launch: Launch) -> Future:
+        fn, args = self.fns.args(launch)
+        fut = self._pool.submit(fn, *args)
+        fut.add_done_callback(self._ended.put)
+        return fut
+
+    def _drain(self, block: float | None = None) -> None:
+        try:
+            while True:
+                fut = self._ended.get(timeout=block) if block else self._ended.get_nowait()
+                block = None
+                if fut not in self._cancelled:
+                    self._done.add(fut)
+        except queue.Empty:
+            pass
+
+    def wait(self, handles: list[Any], timeout: float) -> list[Any]:
+        self._drain()
+        if handles and not self._done.intersection(handles):
+            self._drain(block=timeout)
+        ready = [h for h in handles if h in self._done]
+        self._done.difference_update(ready)
+        return ready
+
+    def result(self, handle: Future) -> dict:
+        return handle.result()
+
+    def cancel(self, handle: Future) -> None:
+        self._cancelled.add(handle)
+        handle.cancel()
+
+    def capacity(self) -> float:
+        return self.gpus
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return [{"NodeID": self.NODE_ID, "Alive": True, "Resources": {"GPU": self.gpus}, "Labels": {}}]
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,242 @@
+"""The campaign's units, their states, and which of them start next (README "Scale").
+
+One object holds what the driver loop decides on: every unit's state (through the one state
+machine, `pipeline.units.UnitTracker`), the PENDING units queued by how many GPUs they need, the
+retry backoffs, the running attempts and the GPUs they hold, and how many shards of each eval are
+DONE. Each call costs what changed, not the size of the campaign: a launch pops a heap, a finished
+shard bumps a counter, a retry's backoff waits in its own heap. With 25,000 units, re-sorting them
+on every loop turn (what a list of units invites) is what made a sweep's driver cost grow with the
+square of its size.
+
+Order, as README "Waiting for GPUs" says: trainings first, in seed order, as many groups as the
+cluster holds; evals fill the GPUs training leaves free, largest first (multi-GPU TTT units are
+the long sequential ones), and when the largest one that fits the cluster does not fit the free
+GPUs nothing smaller jumps ahead of it: GPUs gather for it instead of going to 1-GPU shards one by
+one. A unit bigger than the whole cluster is never started; it waits (pipeline/driver.py
+CapacityWaits).
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.units import Unit, UnitState, UnitTracker
+
+
+@dataclass
+class Attempt:
+    """One running attempt of a unit."""
+
+    unit: Unit
+    id: str
+    started: float  # time.perf_counter()
+    gpus: float = 1.0
+    started_wall: float = field(default_factory=time.time)
+
+
+@dataclass
+class EvalShards:
+    """One (seed, recipe)'s shard units, how many batches each scores, and how many are DONE."""
+
+    units: list[Unit]
+    batches: list[int]
+    done: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return self.done == len(self.units)
+
+
+class _Queue:
+    """PENDING units of one GPU size in unit order. A heap with lazy deletion: a unit that left
+    PENDING stays in the heap until it reaches the top, where it is dropped."""
+
+    def __init__(self) -> None:
+        self.heap: list[Unit] = []
+        self.queued: set[Unit] = set()  # in the heap (some may no longer be ready)
+        self.ready: set[Unit] = set()  # PENDING and past any backoff
+
+    def push(self, u: Unit) -> None:
+        self.ready.add(u)
+        if u not in self.queued:
+            self.queued.add(u)
+            heapq.heappush(self.heap, u)
+
+    def top(self) -> Unit | None:
+        while self.heap and self.heap[0] not in self.ready:
+            self.queued.discard(heapq.heappop(self.heap))
+        return self.heap[0] if self.heap else None
+
+    def pop(self) -> Unit:
+        u = heapq.heappop(self.heap)
+        self.queued.discard(u)
+        self.ready.discard(u)
+        return u
+
+
+class Scheduler:
+    def __init__(self, slots: Callable[[Unit], float]):
+        """`slots(unit)`: the GPUs the unit needs (a training group's world size, a TTT unit's ttt.gpus)."""
+        self.slots = slots
+        self.tracker = UnitTracker()
+        self._trains = _Queue()
+        self._evals: dict[float, _Queue] = {}
+        self._backoff: list[tuple[float, Unit]] = []  # (not before, unit), PENDING units waiting to retry
+        self._not_before: dict[Unit, float] = {}
+        self._pending: dict[float, set[Unit]] = {}  # GPU size → PENDING units (ready or backing off)
+        self.running: dict[Any, Attempt] = {}  # executor handle → attempt
+        self.busy = {"train": 0.0, "eval": 0.0}  # GPUs the running attempts hold
+        self.evals: dict[tuple[int, str], EvalShards] = {}
+
+    # --- units and their states -------------------------------------------------------------
+
+    def add(self, u: Unit, state: UnitState) -> None:
+        self.tracker.add(u, state)
+        if state is UnitState.PENDING:
+            self._enter_pending(u, 0.0)
+
+    def add_eval(self, seed: int, recipe: str, batches: list[int], states: list[UnitState]) -> EvalShards:
+        """The shard units of a planned eval, in their states (DONE ones are counted)."""
+        shards = self.evals[(seed, recipe)] = EvalShards([Unit.eval(seed, recipe, k) for k in range(len(batches))], batches)
+        for u, st in zip(shards.units, states, strict=True):
+            self.add(u, st)
+            shards.done += st is UnitState.DONE
+        return shards
+
+    def state(self, u: Unit) -> UnitState:
+        return self.tracker.state(u)
+
+    def move(self, u: Unit, to: UnitState, not_before: float = 0.0) -> None:
+        """The one way a unit changes state here; `not_before` (time.monotonic()) delays a unit
+        going back to PENDING (a retry's backoff)."""
+        was = self.tracker.state(u)
+        self.tracker.move(u, to)
+        if was is UnitState.PENDING:
+            self._leave_pending(u)
+        if to is UnitState.PENDING:
+            self._enter_pending(u, not_before)
+        elif to is UnitState.DONE and u.kind == "eval":
+            self.evals[(u.seed, u.recipe)].done += 1
+
+    def in_state(self, state: UnitState) -> list[Unit]:
+        """Every unit in `state`, sorted: walks all units, so for reports, not for the loop."""
+        return self.tracker.in_state(state)
+
+    def _queue(self, u: Unit) -> _Queue:
+        return self._trains if u.kind == "train" else self._evals.setdefault(self.slots(u), _Queue())
+
+    def _enter_pending(self, u: Unit, not_before: float) -> None:
+        self._pending.setdefault(self.slots(u), set()).add(u)
+        if not_before > time.monotonic():
+            self._not_before[u] = not_before
+            heapq.heappush(self._backoff, (not_before, u))
+        else:
+            self._queue(u).push(u)
+
+    def _leave_pending(self, u: Unit) -> None:
+        self._pending[self.slots(u)].discard(u)
+        self._not_before.pop(u, None)
+        self._queue(u).ready.discard(u)
+
+    # --- what starts next -------------------------------------------------------------------
+
+    def launches(self, capacity: float, now: float | None = None) -> list[Unit]:
+        """The PENDING units to start now on a cluster of `capacity` GPUs, given what runs."""
+        self._due(time.monotonic() if now is None else now)
+        out: list[Unit] = []
+        train = self.busy["train"]
+        while (u := self._trains.top()) is not None and self.slots(u) <= capacity and (train == 0 or train + self.slots(u) <= capacity):
+            out.append(self._trains.pop())
+            train += self.slots(u)
+        free = max(capacity - train - self.busy["eval"], 0.0)
+        for size in sorted(self._evals, reverse=True):
+            if size > capacity:
+                continue  # never fits: waits for capacity without holding smaller units back
+            q = self._evals[size]
+            while q.top() is not None and size <= free:
+                out.append(q.pop())
+                free -= size
+            if q.top() is not None:
+                break  # the GPUs that free up gather for it
+        return out
+
+    def _due(self, now: float) -> None:
+        """Units whose backoff is over become ready."""
+        while self._backoff and self._backoff[0][0] <= now:
+            t, u = heapq.heappop(self._backoff)
+            if self._not_before.get(u) == t:
+                del self._not_before[u]
+                self._queue(u).push(u)
+
+    def has_pending(self) -> bool:
+        return any(self._pending.values())
+
+    def launchable(self, capacity: float) -> bool:
+        """Whether some PENDING unit fits the cluster (now, or once its backoff is over)."""
+        return any(units for size, units in self._pending.items() if size <= capacity)
+
+    def too_big(self, capacity: float) -> Iterator[Unit]:
+        """PENDING units that need more GPUs than the cluster has."""
+        for size, units in self._pending.items():
+            if size > capacity:
+                yield from sorted(units)
+
+    def pending(self) -> Iterator[Unit]:
+        for units in self._pending.values():
+            yield from units
+
+    # --- running attempts -------------------------------------------------------------------
+
+    def started(self, handle: Any, att: Attempt) -> None:
+        self.move(att.unit, UnitState.RUNNING)
+        self.running[handle] = att
+        self.busy[att.unit.kind] += att.gpus
+
+    def ended(self, handle: Any) -> Attempt:
+        """Forget a running attempt (it returned, failed or was cancelled); its unit's next state
+        is the caller's `move`."""
+        att = self.running.pop(handle)
+        self.busy[att.unit.kind] -= att.gpus
+        return att
+
+
+class CapacityWaits:
+    """Units that need more GPUs than the cluster has (a node left, a group bigger than the
+    pods): each waits at most `limit_s`, saying once a minute what it waits for; then the run
+    ends with it PENDING."""
+
+    def __init__(
+        self, limit_s: float, log: Callable[[str], None], now: Callable[[], float] = time.monotonic,
+        record: Callable[[str, str | None], Any] | None = None,
+    ):
+        """`record(key, what)` is told when a wait starts and (what=None) ends: the ledger, so
+        `pipeline status` can say what waits and why."""
+        self.limit_s, self.log, self.now, self.record = limit_s, log, now, record
+        self.since: dict[str, float] = {}
+        self.said: dict[str, float] = {}
+        self.what: dict[str, str] = {}
+
+    def waiting(self, key: str, need: float, capacity: float) -> bool:
+        """Record that `key` needs `need` GPUs now; True while it may still wait."""
+        t = self.now()
+        self.since.setdefault(key, t)
+        what = f"{key} waits for {need:g} GPUs; the cluster has {capacity:g}"
+        if self.record is not None and self.what.get(key) != what:
+            self.record(key, what)
+        self.what[key] = what
+        if t - self.said.get(key, -1e18) >= 60:
+            left = self.limit_s - (t - self.since[key])
+            self.log(f"{self.what[key]} (giving up in {left:.0f} s)")
+            self.said[key] = t
+        return t - self.since[key] < self.limit_s
+
+    def satisfied(self, key: str) -> None:
+        if self.record is not None and key in self.what:
+            self.record(key, None)
+        self.since.pop(key, None)
+        self.said.pop(key, None)
+        self.what.pop(key, None)

@@ -1,0 +1,164 @@
+"""What runs on the cluster for each unit: Ray tasks and Ray Train worker groups (README "Scale").
+
+The driver (pipeline/driver.py) decides what starts when and starts it through an executor
+(pipeline/executor.py); these are the functions the Ray executor runs. Each training is a Ray Train
+`TorchTrainer` launched from a zero-CPU Ray task, so trainings and evals are waited on alike; an
+eval shard is a `num_gpus=1` task; a multi-GPU TTT unit is a worker group like a training.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+from pipeline.ledger import Ledger
+from pipeline.progress.pricing import LABEL_POD_ID
+from pipeline.errors import ScriptError, UnitError
+from pipeline.spec import CampaignSpec, ScriptTrain
+from pipeline.store import Layout, Store, open_store
+from pipeline.units import Unit
+
+def fit_group(
+    name: str, loop: Callable, config: dict, workers: int, gpus_per_worker: float, accelerator: str, store: Store, error_key: str,
+) -> None:
+    """A Ray Train worker group running `loop` (NCCL on cuda, gloo on cpu) until it ends; no
+    restarts inside (max_failures=0): a dead or failing rank ends the group at once and the
+    driver's retry policy decides what comes next. An application error a rank recorded at
+    `error_key` (this attempt's own key) is raised as UnitError (deterministic)."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    def recorded_error() -> None:
+        if store.exists(error_key):
+            rec = store.get_json(error_key)
+            # a user's script that failed is classified by its log (ScriptError); our own code's error is the unit's
+            raise (ScriptError if rec.get("kind") == "script" else UnitError)(rec["error"]) from None
+
+    use_gpu = gpus_per_worker > 0
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(
+            num_workers=workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"GPU": gpus_per_worker} if use_gpu else {"CPU": 1},
+        ),
+        torch_config=TorchConfig(backend="nccl" if accelerator == "cuda" else "gloo"),
+        run_config=RunConfig(
+            name=f"{name}-{config['attempt']}",
+            storage_path=os.path.join(tempfile.gettempdir(), "pipeline-ray-train"),
+            failure_config=FailureConfig(max_failures=0),
+        ),
+    )
+    try:
+        result = trainer.fit()
+    except Exception:
+        recorded_error()
+        raise
+    recorded_error()
+    if result.error is not None:
+        raise result.error
+
+
+def _place(spec: CampaignSpec, store_uri: str, run_id: str, unit: Unit, attempt: str, **extra: Any) -> None:
+    """The `placed` event of an attempt: node, pod (its label, where the node is a pod), GPUs and pid
+    of this process, and the software stack it runs on (every attempt, every rank: README "Reports")."""
+    import ray
+
+    from workers.provenance import provenance
+
+    ctx = ray.get_runtime_context()
+    labels = ctx.get_node_labels() or {}
+    Ledger(open_store(store_uri), Layout(spec.name), run_id).placed(
+        unit, attempt=attempt, node_id=ctx.get_node_id(), pod=labels.get(LABEL_POD_ID), gpu_ids=[str(g) for g in ray.get_gpu_ids()],
+        pid=os.getpid(), provenance=provenance(), **extra,
+    )
+
+
+def _train_group_loop(config: dict) -> None:
+    """One rank of a seed's training group (a Ray Train worker)."""
+    import ray.train
+
+    from workers.train import ray_train_loop
+
+    from workers.script_train import script_train_loop
+
+    spec = CampaignSpec.model_validate(config["spec"])
+    rank = ray.train.get_context().get_world_rank()
+    _place(spec, config["store_uri"], config["run_id"], Unit.train(config["seed"]), config["attempt"], rank=rank)
+    (script_train_loop if isinstance(spec.train, ScriptTrain) else ray_train_loop)(config)
+
+
+def train_unit(spec_json: dict, seed: int, store_uri: str, context: dict, run_id: str, attempt: str) -> dict:
+    """Runs in a zero-CPU Ray task: starts the seed's worker group and waits for it. A restarted
+    attempt resumes from the newest checkpoint in the store."""
+    spec = CampaignSpec.model_validate(spec_json)
+    store, layout = open_store(store_uri), Layout(spec.name)
+    t = spec.train
+    config = {"spec": spec_json, "seed": seed, "store_uri": store_uri, "context": context, "run_id": run_id, "attempt": attempt}
+    # A script's ranks rendezvous on their own (NCCL in the script); the group around them only
+    # exchanges addresses, over gloo, and never touches a GPU.
+    backend = "cpu" if isinstance(t, ScriptTrain) else spec.cluster.accelerator
+    fit_group(
+        f"{spec.name}-seed{seed}", _train_group_loop, config, t.world_size, t.gpus_per_worker, backend,
+        store, layout.train_error(seed, attempt),
+    )
+    return store.get_json(layout.manifest(seed))["train"]
+
+
+def eval_unit(spec_json: dict, seed: int, recipe: str, store_uri: str, shard: int, run_id: str, attempt: str) -> dict:
+    """Runs in a num_gpus=1 Ray task: one eval shard, resumed from its segments, on the GPU Ray
+    assigned to this task (the process may have run other shards on other GPUs before)."""
+    import ray
+
+    from workers.device import cuda_index
+    from workers.evaluate import run_shard
+    from workers.group import Group
+
+    spec = CampaignSpec.model_validate(spec_json)
+    index = cuda_index([str(g) for g in ray.get_gpu_ids()], os.environ.get("CUDA_VISIBLE_DEVICES"))
+    group = Group.on(0, 1, index, spec.cluster)
+    _place(
+        spec, store_uri, run_id, Unit.eval(seed, recipe, shard), attempt, device=str(group.device), cuda_index=index,
+        cuda_visible=os.environ.get("CUDA_VISIBLE_DEVICES"),
+    )
+    try:
+        return run_shard(spec, seed, recipe, store_uri, shard, group=group, attempt=attempt)
+    finally:
+        import torch
+
+        if torch.cuda.is_available():  # the process is reused: hand the shard's memory back
+            torch.cuda.empty_cache()
+
+
+def _eval_group_loop(config: dict) -> None:
+    """One rank of a TTT unit on ttt.gpus GPUs (a Ray Train worker)."""
+    from workers.evaluate import run_shard
+    from workers.group import APP_ERRORS, Group, record_error
+
+    spec = CampaignSpec.model_validate(config["spec"])
+    seed, recipe, shard, store_uri, attempt = (config[k] for k in ("seed", "recipe", "shard", "store_uri", "attempt"))
+    group = Group.of_ray_train(spec.cluster)
+    _place(spec, store_uri, config["run_id"], Unit.eval(seed, recipe, shard), attempt, rank=group.rank)
+    try:
+        run_shard(spec, seed, recipe, store_uri, shard, group=group, attempt=attempt)
+    except APP_ERRORS as e:
+        # Recorded for the launcher, which marks the unit FAILED; raised so the group stops now
+        # rather than leaving the other ranks waiting in a collective.
+        record_error(open_store(store_uri), Layout(spec.name).shard_error(seed, recipe, shard, attempt), group.rank, e)
+        raise
+
+
+def eval_group_unit(spec_json: dict, seed: int, recipe: str, store_uri: str, shard: int, run_id: str, attempt: str) -> dict:
+    """Runs in a zero-CPU Ray task: a TTT unit as a worker group of ttt.gpus ranks. A dead rank
+    ends the attempt and the driver resumes the unit from its saved state."""
+    spec = CampaignSpec.model_validate(spec_json)
+    store, layout = open_store(store_uri), Layout(spec.name)
+    config = {"spec": spec_json, "seed": seed, "recipe": recipe, "shard": shard, "store_uri": store_uri, "run_id": run_id, "attempt": attempt}
+    fit_group(
+        f"{spec.name}-seed{seed}-{recipe}", _eval_group_loop, config, spec.eval_recipe(recipe).gpus, 1,
+        spec.cluster.accelerator, store, layout.shard_error(seed, recipe, shard, attempt),
+    )
+    return store.get_json(layout.shard_done(seed, recipe, shard))

@@ -1,0 +1,84 @@
+"""A sweep-sized campaign through the real driver: 10,010 fake units (README "Scale").
+
+The driver, scheduler, plans, store, ledger and merge are the product's; only the GPU work is a
+fake that commits what the real unit would (bench/fake_units.py), run by the thread executor so no
+Ray is needed. Every unit must run exactly once, every eval must merge, and a second run must find
+everything DONE from its listings without starting anything.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+from bench.fake_units import fake_eval, fake_train
+from pipeline.driver import Driver
+from pipeline.executor import ThreadExecutor
+from pipeline.ledger import Ledger, latest_states
+from pipeline.store import Layout, open_store
+from tests.conftest import make_spec
+
+SEEDS, RECIPES, SHARDS = 10, 4, 250  # 10 × (1 + 4 × 250) = 10,010 units
+
+
+def test_ten_thousand_units_each_run_exactly_once(data_dir, tmp_path, monkeypatch):
+    spec = make_spec(
+        data_dir, str(tmp_path / "store"), seeds=list(range(SEEDS)),
+        data={"val_tokens": 16 * SHARDS + 64},
+        evals=[{"name": f"r{i}", "seq_len": 64, "stride": 16, "batch_seqs": 1, "shards": SHARDS} for i in range(RECIPES)],
+    )
+    runs: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def count(unit: str) -> None:
+        with lock:
+            runs[unit] += 1
+
+    def train(spec_json, seed, *rest):
+        count(f"train/{seed}")
+        return fake_train(spec_json, seed, *rest)
+
+    def evaluate(spec_json, seed, recipe, store_uri, shard, *rest):
+        count(f"eval/{seed}/{recipe}/{shard}")
+        return fake_eval(spec_json, seed, recipe, store_uri, shard, *rest)
+
+    def executor(fns):
+        return ThreadExecutor(fns, gpus=16)
+
+    report = Driver(spec, log=lambda _: None, train_fn=train, eval_fn=evaluate, executor=executor).run()
+
+    units = SEEDS * (1 + RECIPES * SHARDS)
+    assert not report.failed and not report.blocked and not report.waiting
+    assert len(runs) == units and set(runs.values()) == {1}  # each unit once, none twice
+    assert len(report.done) == units and len({u.id for u in report.done}) == units
+    store, layout = open_store(spec.store), Layout(spec.name)
+    for seed in range(SEEDS):
+        for i in range(RECIPES):
+            assert store.get_json(layout.result(seed, f"r{i}"))["shards"] == SHARDS
+    states = latest_states(Ledger(store, layout, "check").events())  # the batched ledger has every transition
+    assert sum(e["state"] == "DONE" for u, e in states.items()) == units
+
+    # a second run reads what is DONE off one listing per seed: no request per unit
+    counted = CountingStore(store)
+    monkeypatch.setattr("pipeline.driver.open_store", lambda uri: counted)
+    again = Driver(spec, log=lambda _: None, train_fn=train, eval_fn=evaluate, executor=executor).run()
+    assert not again.done and len(again.skipped) == SEEDS * (1 + RECIPES) and set(runs.values()) == {1}
+    assert counted.calls["list"] == SEEDS and sum(counted.calls.values()) < 3 * SEEDS, counted.calls
+
+
+class CountingStore:
+    """A Store whose every call is counted by method name."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, Counter()
+
+    def __getattr__(self, name):
+        attr = getattr(self.inner, name)
+        if not callable(attr):
+            return attr
+
+        def counted(*a, **kw):
+            self.calls[name] += 1
+            return attr(*a, **kw)
+
+        return counted
