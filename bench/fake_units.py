@@ -9,6 +9,7 @@ tests/pipeline/test_scale.py).
 
 from __future__ import annotations
 
+import threading
 from functools import lru_cache
 from typing import Any
 
@@ -16,9 +17,18 @@ from pipeline.spec import CampaignSpec
 from pipeline.store import Layout, open_store
 
 
-@lru_cache(maxsize=8)
+_LOCK = threading.Lock()
+
+
 def _store(uri: str):
-    """One Store per process and URI: making a boto3 client per unit would be the fake's whole cost."""
+    """One Store per process and URI: making a boto3 client per unit would be the fake's whole cost
+    (and boto3's default session must not make two at once)."""
+    with _LOCK:
+        return _open(uri)
+
+
+@lru_cache(maxsize=8)
+def _open(uri: str):
     return open_store(uri)
 
 

@@ -174,14 +174,20 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="scale-"))
     write_stdlib_corpus(root / "docs.jsonl", limit=300)
     prepare([root / "docs.jsonl"], 512, root / "data")
-    base, server = f"{root}/store", None
+    server = None
     if args.s3:
-        import boto3
-
         server, endpoint = s3_server()
         os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="x", AWS_DEFAULT_REGION="us-east-1")
-        boto3.client("s3").create_bucket(Bucket="scale-bench")
-        base = "s3://scale-bench"
+
+    def store(name: str) -> str:
+        """A bucket per run on S3: moto lists a prefix by walking its whole bucket (S3 does not), so
+        one run's objects would make the next run's listings slower than S3's."""
+        if not args.s3:
+            return f"{root}/store/{name}"
+        import boto3
+
+        boto3.client("s3").create_bucket(Bucket=f"scale-{name}")
+        return f"s3://scale-{name}"
     if not args.threads:
         import ray
 
@@ -194,14 +200,14 @@ def main() -> None:
     try:
         out = {}
         for label, seeds in (("1x", args.seeds), ("2x", 2 * args.seeds)):
-            fresh = spec_for(root / "data", f"{base}/fresh-{label}", seeds, args.recipes, args.shards)
+            fresh = spec_for(root / "data", store(f"fresh-{label}"), seeds, args.recipes, args.shards)
             r = run(fresh, args.gpus, args.threads)
             gpu_s = seeds * (TRAIN_GPU_S + args.recipes * EVAL_GPU_S)
             out[label] = {**r, "overhead": r["cpu_s"] / gpu_s, "n": units(seeds)}
             print(f"{label}: {units(seeds):,} units: first launch {r['first_launch_s']:.1f} s, run {r['wall_s']:.1f} s, "
                   f"driver CPU {1e3 * r['cpu_s'] / units(seeds):.2f} ms/unit, {r['requests'] / units(seeds):.2f} store requests/unit, "
                   f"overhead {100 * out[label]['overhead']:.3f} % of {gpu_s / 3600:,.0f} GPU-hours", flush=True)
-        resumed = spec_for(root / "data", f"{base}/resume", args.seeds, args.recipes, args.shards)
+        resumed = spec_for(root / "data", store("resume"), args.seeds, args.recipes, args.shards)
         half_done(resumed)
         r = run(resumed, args.gpus, args.threads)
         print(f"resume (half DONE): first launch {r['first_launch_s']:.1f} s, ran {r['units']:,} units in {r['wall_s']:.1f} s, "

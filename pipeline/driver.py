@@ -145,6 +145,7 @@ class Driver:
         self.looked = -1e18  # when the loop last looked at the cluster (time.monotonic)
         self.usd_per_gpu_s = spec.cluster.pricing.usd_per_gpu_hour / 3600.0
         self.scan: CampaignScan | None = None
+        self.scan_fresh = True  # the scan was taken as this run began
 
     def _slots(self, u: Unit) -> float:
         t = self.spec.train
@@ -178,7 +179,8 @@ class Driver:
             self.log(f"took the campaign over from {replaced.describe(time.time())}")
         self.lease.start_heartbeat()
         try:
-            for seed in import_artifacts(spec, self.store, self.log):  # eval-only seeds: their artifact is their training's commit
+            import_artifacts(spec, self.store, self.log)  # eval-only seeds: their artifact is their training's commit
+            for seed in spec.artifacts or {}:  # each has its manifest now (imported here or by another process)
                 scan.seeds[seed].trained = True
             self.store.put_new_json(layout.run(self.ledger.run_id), {
                 "version": 1, "run": self.ledger.run_id, "start": time.time(), "spec": spec.model_dump(mode="json"),
@@ -190,9 +192,13 @@ class Driver:
             try:
                 self._run(report, evals_left, scan)
             finally:
-                if self.progress is not None:
-                    self.progress.stop()
-                self.ledger.close()  # every event recorded is in the store before the run says it ended
+                try:
+                    if self.progress is not None:
+                        self.progress.stop()
+                    if self.executor is not None:
+                        self.executor.close()
+                finally:
+                    self.ledger.close()  # every event recorded is in the store before the run says it ended
         finally:
             self.lease.release()
         report.wall_s = time.perf_counter() - t_start
@@ -221,6 +227,7 @@ class Driver:
             self.log(f"skipping {len(report.skipped)} unit(s) already DONE in {self.store.uri}")
         while not self.lease.lost.is_set():
             self._plan_ready(report)
+            self.scan_fresh = False  # seeds planned from now on are listed again first
             if self.stops.due():
                 self._early_stops(report)
             if pods is not None:
@@ -259,7 +266,11 @@ class Driver:
         self.looked = now
         self.capacity = self.executor.capacity()
         self._record_cluster()
-        # the projection walks every unit: only with a budget to hold it against, once a tick
+        self._check_budget()
+
+    def _check_budget(self) -> None:
+        """Whether the budget still allows new launches. The projection walks every unit: only
+        with a budget to hold it against, once a tick and whenever planning added units."""
         self.budget_blocked = (
             self.spec.budget_usd is not None and self.sched.has_pending() and not self.budget.allows(self._projection())
         )
@@ -269,8 +280,9 @@ class Driver:
             return
         for u in self.sched.launches(self.capacity):
             attempt, gpus = new_attempt_id(), self._slots(u)
+            att = Attempt(u, attempt, time.perf_counter(), gpus)
             handle = self.executor.submit(Launch(u, attempt, gpus, self.avoid.get(u, ())))
-            self.sched.started(handle, Attempt(u, attempt, time.perf_counter(), gpus))
+            self.sched.started(handle, att)
             self.ledger.record(u, UnitState.RUNNING, attempt=attempt, n=len(self.failures.get(u, [])) + 1, gpus=gpus)
             self.log(f"start  {u}")
 
@@ -311,7 +323,9 @@ class Driver:
 
         seeds, self.unplanned = self.unplanned, []
         for seed in seeds:
-            if not self.scan.trained(seed):  # trained in this run: what other processes committed since the scan
+            # trained in this run, or planned later than the run's start (no GPUs then): what other
+            # processes (a fenced driver, `pipeline eval`) committed since the scan counts too
+            if not self.scan_fresh or not self.scan.trained(seed):
                 self.scan.refresh(self.store, seed)
         todo = [(s, r) for s in seeds for r in self.spec.evals if not self.scan.eval(s, r.name).result]
         for r in {r.name: r for _, r in todo}.values():
@@ -324,6 +338,7 @@ class Driver:
             ))
         for (seed, recipe), plan in zip(todo, plans, strict=True):
             self._track_eval(seed, recipe, plan, report)
+        self._check_budget()  # before anything planned now can launch
 
     def _track_eval(self, seed: int, recipe, plan: dict, report: RunReport) -> None:
         """One unit per shard of a planned eval, DONE or ESTIMATED where the store says so."""
@@ -402,6 +417,7 @@ class Driver:
             if self.spec.eval_recipe(key[1]).stop_when is not None and any(self.sched.state(u) in live for u in shards.units)
         }
         if not evals:
+            self.stops.last = self.stops.now()  # nothing to look at: not due again for a period
             return
         for seed, recipe, decision in self.stops.check(evals):
             for handle, att in list(self.sched.running.items()):
@@ -429,15 +445,14 @@ class Driver:
         waits, not what is pending: the units that fit are counted, not walked."""
         capacity = self.capacity
         if self.budget_blocked:
-            report.budget = self.budget.stopped
-            return bool(self.sched.running)
+            report.budget = self.budget.stopped  # PENDING units wait for no GPUs: the budget holds them
         for key, u in list(self.waiting_units.items()):  # waits that are over: the unit fits, or left PENDING
             if self._slots(u) <= capacity or self.sched.state(u) not in (UnitState.PENDING, UnitState.RUNNING):
                 self.waits.satisfied(key)
                 report.waiting.pop(key, None)
                 del self.waiting_units[key]
         still_waiting = False
-        for u in self.sched.too_big(capacity):
+        for u in () if self.budget_blocked else self.sched.too_big(capacity):
             self.waiting_units[u.id] = u
             if self.waits.waiting(u.id, self._slots(u), capacity):
                 still_waiting = True
@@ -461,7 +476,7 @@ class Driver:
                 self.ledger.record(att.unit, UnitState.INTERRUPTED, attempt=att.id, error=what)
                 self.sched.move(att.unit, UnitState.PENDING)
                 self.ledger.record(att.unit, UnitState.PENDING, reason="gave up waiting for capacity")
-        if self.sched.running or self.sched.launchable(capacity) or still_waiting:
+        if self.sched.running or (self.sched.launchable(capacity) and not self.budget_blocked) or still_waiting:
             return True
         for what in report.waiting.values():
             self.log(f"gave up after {self.waits.limit_s:.0f} s: {what}; run again once the cluster has them")
@@ -473,7 +488,8 @@ class Driver:
         """(nodes the attempt ran on, of those the ones no longer alive): from its placed events,
         read from the ledger's objects since the attempt began (not the whole history)."""
         nodes = {
-            e["node_id"] for e in self.ledger.events(since=att.started_wall)
+            # by attempt id, from a minute before it started: a task's clock may differ from ours
+            e["node_id"] for e in self.ledger.events(since=att.started_wall - 60.0)
             if e.get("event") == "placed" and e.get("attempt") == att.id and e.get("node_id")
         }
         alive = {n["NodeID"] for n in self.executor.nodes() if n["Alive"]}

@@ -35,8 +35,8 @@ class Launch:
 
 @dataclass(frozen=True)
 class UnitFns:
-    """The functions an attempt runs (pipeline/driver.py's `_train_unit`, `_eval_unit`,
-    `_eval_group_unit`; a bench swaps in fakes of the same signature) and their fixed arguments."""
+    """The functions an attempt runs (pipeline/tasks.py's `train_unit`, `eval_unit`,
+    `eval_group_unit`; a bench swaps in fakes of the same signature) and their fixed arguments."""
 
     train: Callable[..., dict]
     eval: Callable[..., dict]
@@ -84,6 +84,9 @@ class Executor(ABC):
         """The campaign's RunPod watch (pipeline/pods/campaign.py) where the cluster has pods."""
         return None
 
+    def close(self) -> None:
+        """The run is over: let go of what the executor holds (Ray's own tasks end with their driver)."""
+
 
 class RayExecutor(Executor):
     def __init__(self, fns: UnitFns):
@@ -102,10 +105,10 @@ class RayExecutor(Executor):
         self._group = ray.remote(num_cpus=0, max_retries=0, scheduling_strategy=here)(fns.group_eval)
 
     def submit(self, launch: Launch) -> Any:
-        fn, args = self.fns.args(launch)
-        if fn is self.fns.train:
+        _, args = self.fns.args(launch)
+        if launch.unit.kind == "train":
             return self._train.remote(*args)
-        if fn is self.fns.group_eval:
+        if launch.gpus > 1:
             return self._group.remote(*args)
         strategy = self._elsewhere(launch)
         return self._eval.options(num_gpus=1, **({"scheduling_strategy": strategy} if strategy else {})).remote(*args)
@@ -207,5 +210,5 @@ class ThreadExecutor(Executor):
     def nodes(self) -> list[dict[str, Any]]:
         return [{"NodeID": self.NODE_ID, "Alive": True, "Resources": {"GPU": self.gpus}, "Labels": {}}]
 
-    def shutdown(self) -> None:
+    def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -54,10 +54,7 @@ class Ledger:
         self._writing = threading.Lock()  # one batch write at a time; readers hold it for a consistent view
         self._error: Exception | None = None  # the last failed write, until one succeeds
         self._closed = threading.Event()
-        self._writer: threading.Thread | None = None
-        if batch_s is not None:
-            self._writer = threading.Thread(target=self._write_every_tick, name=f"ledger-{run_id}", daemon=True)
-            self._writer.start()
+        self._writer: threading.Thread | None = None  # started by the first event: a ledger that records nothing has none
 
     def record(self, unit: Unit, state: UnitState, **detail: Any) -> dict[str, Any]:
         """A state transition, written by the driver."""
@@ -81,7 +78,10 @@ class Ledger:
         event = {"version": EVENT_VERSION, "time": now / 1e9, "run": self.run_id, **body}
         key = f"{self.layout.events}/{now:020d}-{os.urandom(4).hex()}.json"
         with self._lock:
-            if self._writer is not None and not self._closed.is_set():
+            if self.batch_s is not None and not self._closed.is_set():
+                if self._writer is None:
+                    self._writer = threading.Thread(target=self._write_every_tick, name=f"ledger-{self.run_id}", daemon=True)
+                    self._writer.start()
                 self._queued.append((key, event))
                 return event
         self.store.put_json(key, event)  # unbatched, or after close()

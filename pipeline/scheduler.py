@@ -12,8 +12,7 @@ Order, as README "Waiting for GPUs" says: trainings first, in seed order, as man
 cluster holds; evals fill the GPUs training leaves free, largest first (multi-GPU TTT units are
 the long sequential ones), and when the largest one that fits the cluster does not fit the free
 GPUs nothing smaller jumps ahead of it: GPUs gather for it instead of going to 1-GPU shards one by
-one. A unit bigger than the whole cluster is never started; it waits (pipeline/driver.py
-CapacityWaits).
+one. A unit bigger than the whole cluster is never started; it waits (CapacityWaits, below).
 """
 
 from __future__ import annotations
@@ -201,6 +200,8 @@ class Scheduler:
         is the caller's `move`."""
         att = self.running.pop(handle)
         self.busy[att.unit.kind] -= att.gpus
+        if not any(a.unit.kind == att.unit.kind for a in self.running.values()):
+            self.busy[att.unit.kind] = 0.0  # no float residue of fractional GPUs keeps a GPU "busy"
         return att
 
 

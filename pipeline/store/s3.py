@@ -46,7 +46,10 @@ def _s3_client(attempts: int, connect_timeout: float):
         retries["mode"] = "standard"
     if not os.environ.get("AWS_MAX_ATTEMPTS"):
         retries["total_max_attempts"] = attempts
-    config = Config(retries=retries, connect_timeout=connect_timeout, read_timeout=S3_READ_TIMEOUT_S, tcp_keepalive=True)
+    # connections: a driver's parallel gets (Store.get_many, 8) beside its heartbeat and ledger writer
+    config = Config(
+        retries=retries, connect_timeout=connect_timeout, read_timeout=S3_READ_TIMEOUT_S, tcp_keepalive=True, max_pool_connections=32,
+    )
     return boto3.client("s3", config=config)
 
 
