@@ -10,6 +10,7 @@ tests/pipeline/test_scale.py).
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from functools import lru_cache
 from typing import Any
 
@@ -60,3 +61,26 @@ def fake_eval(spec_json: dict, seed: int, recipe: str, store_uri: str, shard: in
     }
     store.put_new_json(layout.shard_done(seed, recipe, shard), done)
     return done
+
+
+class CountingStore:
+    """A Store with every call counted by method name; a `get_many` of N keys is N requests."""
+
+    def __init__(self, inner):
+        self.inner, self.calls, self._lock = inner, Counter(), threading.Lock()
+
+    @property
+    def requests(self) -> int:
+        return sum(self.calls.values())
+
+    def __getattr__(self, name):
+        attr = getattr(self.inner, name)
+        if not callable(attr) or name.startswith("_"):
+            return attr
+
+        def counted(*a, **kw):
+            with self._lock:  # the driver's listing, planning and merge threads count too
+                self.calls[name] += len(a[0]) if name.startswith("get_many") else 1
+            return attr(*a, **kw)
+
+        return counted

@@ -40,25 +40,6 @@ TRAIN_GPU_S = 600 * 8  # 10 minutes on 8 GPUs
 EVAL_GPU_S = 50 * 60  # SLOT-100: 50 GPU-minutes per seed and recipe
 
 
-class Counting:
-    """The driver's Store with every request counted (its listing and planning threads too)."""
-
-    def __init__(self, inner):
-        self.inner, self.requests, self._lock = inner, 0, threading.Lock()
-
-    def __getattr__(self, name):
-        attr = getattr(self.inner, name)
-        if not callable(attr) or name.startswith("_"):
-            return attr
-
-        def counted(*a, **kw):
-            with self._lock:  # a batch of gets is as many requests
-                self.requests += len(a[0]) if name.startswith("get_many") else 1
-            return attr(*a, **kw)
-
-        return counted
-
-
 class FakeCPU:
     """Fakes that run in this process (--threads), and the CPU they took (not the driver's)."""
 
@@ -94,10 +75,10 @@ def spec_for(data: Path, store: str, seeds: int, recipes: int, shards: int):
 def run(spec, gpus: int, threads: bool) -> dict:
     """One driver run; its CPU, wall, requests and time to its first launch."""
     import pipeline.driver as drv
-    from bench.fake_units import fake_eval, fake_train
+    from bench.fake_units import CountingStore, fake_eval, fake_train
     from pipeline.executor import ThreadExecutor
 
-    counting = Counting(drv.open_store(spec.store))
+    counting = CountingStore(drv.open_store(spec.store))
     real_open = drv.open_store
     drv.open_store = lambda uri: counting if uri == spec.store else real_open(uri)
     fakes = FakeCPU()

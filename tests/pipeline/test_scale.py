@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 
-from bench.fake_units import fake_eval, fake_train
+from bench.fake_units import CountingStore, fake_eval, fake_train
 from pipeline.driver import Driver
 from pipeline.executor import ThreadExecutor
 from pipeline.ledger import Ledger, latest_states
@@ -65,20 +65,3 @@ def test_ten_thousand_units_each_run_exactly_once(data_dir, tmp_path, monkeypatc
     assert not again.done and len(again.skipped) == SEEDS * (1 + RECIPES) and set(runs.values()) == {1}
     assert counted.calls["list"] == SEEDS and sum(counted.calls.values()) < 3 * SEEDS, counted.calls
 
-
-class CountingStore:
-    """A Store whose every call is counted by method name."""
-
-    def __init__(self, inner):
-        self.inner, self.calls = inner, Counter()
-
-    def __getattr__(self, name):
-        attr = getattr(self.inner, name)
-        if not callable(attr):
-            return attr
-
-        def counted(*a, **kw):
-            self.calls[name] += 1
-            return attr(*a, **kw)
-
-        return counted
