@@ -7,7 +7,7 @@ fake that commits what the real unit would (bench/fake_units.py) and returns at 
 measured is the driver. By default the fakes run as Ray tasks on a local Ray instance (the driver's
 Ray calls are part of its cost); `--threads` runs them in this process (pipeline.executor
 ThreadExecutor) and subtracts their CPU. `--s3` puts the store on moto's S3 server on 127.0.0.1,
-in its own process so its CPU is not counted as the driver's. Prints, measured in one run:
+in its own process so its CPU is not counted as the driver's (a fresh one per run). Prints, measured in one run:
 
 - time to first launch, fresh and resuming a store where half the units are DONE;
 - driver CPU per unit and store requests per unit (the driver's own, counted on its Store);
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import os
 import socket
 import subprocess
@@ -59,6 +60,26 @@ class FakeCPU:
         return timed
 
 
+class GCTime:
+    """Seconds the garbage collector took while inside (every generation, every thread)."""
+
+    def __init__(self):
+        self.total, self._t = 0.0, 0.0
+
+    def _cb(self, phase: str, _info: dict) -> None:
+        if phase == "start":
+            self._t = time.perf_counter()
+        else:
+            self.total += time.perf_counter() - self._t
+
+    def __enter__(self):
+        gc.callbacks.append(self._cb)
+        return self
+
+    def __exit__(self, *exc):
+        gc.callbacks.remove(self._cb)
+
+
 def spec_for(data: Path, store: str, seeds: int, recipes: int, shards: int):
     from pipeline.spec import parse_spec
 
@@ -81,9 +102,9 @@ def run(spec, gpus: int, threads: bool) -> dict:
     counting = CountingStore(drv.open_store(spec.store))
     real_open = drv.open_store
     drv.open_store = lambda uri: counting if uri == spec.store else real_open(uri)
-    fakes = FakeCPU()
+    fakes, gc_s = FakeCPU(), GCTime()
     first: list[float] = []
-    t0, c0 = time.perf_counter(), time.process_time()
+    t0, c0, m0 = time.perf_counter(), time.process_time(), time.thread_time()
 
     def log(m: str) -> None:
         if m.startswith("start") and not first:
@@ -93,12 +114,14 @@ def run(spec, gpus: int, threads: bool) -> dict:
     if threads:
         kw = {"train_fn": fakes.wrap(fake_train), "eval_fn": fakes.wrap(fake_eval), "executor": lambda fns: ThreadExecutor(fns, gpus)}
     try:
-        report = drv.Driver(spec, log=log, **kw).run()
+        with gc_s:
+            report = drv.Driver(spec, log=log, **kw).run()
     finally:
         drv.open_store = real_open
     assert not report.failed, report.failed
     return {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0 - fakes.cpu_s, "requests": counting.requests,
-            "first_launch_s": first[0] if first else None, "units": len(report.done)}
+            "first_launch_s": first[0] if first else None, "units": len(report.done),
+            "loop_cpu_s": time.thread_time() - m0, "gc_s": gc_s.total}
 
 
 def half_done(spec) -> None:
@@ -156,17 +179,20 @@ def main() -> None:
     write_stdlib_corpus(root / "docs.jsonl", limit=300)
     prepare([root / "docs.jsonl"], 512, root / "data")
     server = None
-    if args.s3:
-        server, endpoint = s3_server()
-        os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="x", AWS_DEFAULT_REGION="us-east-1")
 
     def store(name: str) -> str:
-        """A bucket per run on S3: moto lists a prefix by walking its whole bucket (S3 does not), so
-        one run's objects would make the next run's listings slower than S3's."""
+        """On S3 a fresh server per run: moto lists a prefix by walking its whole bucket and keeps
+        every object in its process (S3 does neither), so one run's objects would slow the next."""
+        nonlocal server
         if not args.s3:
             return f"{root}/store/{name}"
         import boto3
 
+        if server is not None:
+            server.terminate()
+            server.wait()
+        server, endpoint = s3_server()
+        os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="x", AWS_DEFAULT_REGION="us-east-1")
         boto3.client("s3").create_bucket(Bucket=f"scale-{name}")
         return f"s3://scale-{name}"
     if not args.threads:
@@ -187,7 +213,8 @@ def main() -> None:
             out[label] = {**r, "overhead": r["cpu_s"] / gpu_s, "n": units(seeds)}
             print(f"{label}: {units(seeds):,} units: first launch {r['first_launch_s']:.1f} s, run {r['wall_s']:.1f} s, "
                   f"driver CPU {1e3 * r['cpu_s'] / units(seeds):.2f} ms/unit, {r['requests'] / units(seeds):.2f} store requests/unit, "
-                  f"overhead {100 * out[label]['overhead']:.3f} % of {gpu_s / 3600:,.0f} GPU-hours", flush=True)
+                  f"overhead {100 * out[label]['overhead']:.3f} % of {gpu_s / 3600:,.0f} GPU-hours "
+                  f"(loop thread {1e3 * r['loop_cpu_s'] / units(seeds):.2f} ms/unit, GC {r['gc_s']:.1f} s)", flush=True)
         resumed = spec_for(root / "data", store("resume"), args.seeds, args.recipes, args.shards)
         half_done(resumed)
         r = run(resumed, args.gpus, args.threads)

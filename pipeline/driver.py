@@ -44,6 +44,14 @@ from pipeline.units import Unit, UnitState
 
 __all__ = ["CampaignChanged", "Driver", "RunReport", "UnitError", "check_campaign", "resolve_paths"]
 
+UNPLANNED = "evals not planned"  # the CapacityWaits key of trained seeds' evals on a cluster with no GPUs
+
+
+def size_key(gpus: float) -> str:
+    """The CapacityWaits key of the PENDING units that need `gpus` GPUs: they wait as one."""
+    return f"units of {gpus:g} GPUs"
+
+
 TICK_S = 1.0  # how often the loop looks at the cluster (GPUs, nodes, budget)
 EVENT_BATCH_S = 1.0  # the ledger writes what the loop recorded at most this often
 
@@ -126,11 +134,13 @@ class Driver:
         self.sched = Scheduler(self._slots)
         self.lease = campaign_lease(self.store, spec, self.ledger.run_id)
         self.waits = CapacityWaits(spec.cluster.wait_for_capacity_s, log, record=self.ledger.waiting)
-        self.waiting_units: dict[str, Unit] = {}  # CapacityWaits keys that are units
+        self.waiting_units: dict[str, Unit] = {}  # CapacityWaits keys of running units that lost their GPUs
+        self.waiting_sizes: dict[str, float] = {}  # CapacityWaits keys of PENDING units, one per GPU size
         self.failures: dict[Unit, list[Failure]] = {}
         self.avoid: dict[Unit, tuple[str, ...]] = {}  # nodes a retry should stay off
         self.unplanned: list[int] = []  # seeds whose training is done but whose evals are not planned
         self.to_merge: set[tuple[int, str]] = set()  # evals whose last shard just finished
+        self.commits: dict[tuple[int, str], dict[int, dict]] = {}  # shards' done.json as their attempts returned them
         self.progress = progress
         self.stops = EarlyStops(spec, self.store, every_s=min(spec.checkpoint_every_s, 30.0))
         self.budget = Budget(spec.budget_usd, log)
@@ -252,7 +262,7 @@ class Driver:
             report.lease_lost = holder.describe(time.time()) if holder else "another driver"
             self.log(f"the campaign was taken over by {report.lease_lost}; stopping (running attempts are fenced)")
         left = [] if report.budget else self.sched.in_state(UnitState.PENDING)  # the budget says why those wait
-        report.blocked = [u for u in left if u.id not in report.waiting] + [
+        report.blocked = [u for u in left if u.id not in report.waiting and size_key(self._slots(u)) not in report.waiting] + [
             Unit.eval(s, e.name) for s in spec.seeds for e in evals_left[s]
             if self.sched.state(Unit.train(s)) != UnitState.DONE and s not in self.unplanned
         ]
@@ -307,6 +317,8 @@ class Driver:
             self.unplanned.append(u.seed)
         else:
             self.log(f"done   {u}  {secs:6.1f}s  {out['batches']} batches")
+            if out.get("shard") == u.shard:  # its commit object: the merge need not read it again
+                self.commits.setdefault((u.seed, u.recipe), {})[u.shard] = out
             if self.sched.evals[(u.seed, u.recipe)].complete:
                 self.to_merge.add((u.seed, u.recipe))
 
@@ -360,7 +372,7 @@ class Driver:
     def _merge(self, seed: int, recipe: str) -> None:
         from workers.result import merge_result  # numpy only: the driver never imports torch for this
 
-        r = merge_result(self.store, self.layout, seed, self.spec.eval_recipe(recipe))
+        r = merge_result(self.store, self.layout, seed, self.spec.eval_recipe(recipe), self.commits.pop((seed, recipe), None))
         note = f"; {len(r['conflicts'])} batch(es) scored differently by two attempts" if r.get("conflicts") else ""
         self.log(f"result seed {seed} {recipe}: val_bpb {r['val_bpb']:.6f} ({r['shards']} shard(s)){note}")
 
@@ -433,6 +445,7 @@ class Driver:
                     self.sched.move(u, UnitState.ESTIMATED)
                     self.ledger.record(u, UnitState.ESTIMATED, reason=decision.why)
             report.estimated[f"{seed}/{recipe}"] = decision.why
+            self.commits.pop((seed, recipe), None)  # never merged in this run
             self.log(f"estimated seed {seed} {recipe}: {decision.why}; stopped by its stop_when rule")
 
     # --- waiting for capacity ---------------------------------------------------------------
@@ -442,28 +455,21 @@ class Driver:
         evals that cannot be planned on a cluster with no GPUs) wait for capacity, each for at
         most wait_for_capacity_s; a running unit that lost its GPUs is cancelled when its wait
         runs out (Ray would hold it forever). Units that waited in vain stay PENDING. Costs what
-        waits, not what is pending: the units that fit are counted, not walked."""
+        waits, not what is pending: PENDING units wait (and are logged) as one per GPU size, the
+        units that fit are counted, not walked."""
         capacity = self.capacity
         if self.budget_blocked:
             report.budget = self.budget.stopped  # PENDING units wait for no GPUs: the budget holds them
         for key, u in list(self.waiting_units.items()):  # waits that are over: the unit fits, or left PENDING
             if self._slots(u) <= capacity or self.sched.state(u) not in (UnitState.PENDING, UnitState.RUNNING):
-                self.waits.satisfied(key)
-                report.waiting.pop(key, None)
+                self._wait_over(key, report)
                 del self.waiting_units[key]
-        still_waiting = False
-        for u in () if self.budget_blocked else self.sched.too_big(capacity):
-            self.waiting_units[u.id] = u
-            if self.waits.waiting(u.id, self._slots(u), capacity):
-                still_waiting = True
-            else:
-                report.waiting[u.id] = self.waits.what[u.id]
-        for seed in self.unplanned:
-            key = f"evals of seed {seed}"
-            if self.waits.waiting(key, 1, capacity):
-                still_waiting = True
-            else:
-                report.waiting[key] = self.waits.what[key]
+        for key, size in list(self.waiting_sizes.items()):
+            if size <= capacity or not self.sched.pending_of(size):
+                self._wait_over(key, report)
+                del self.waiting_sizes[key]
+        if UNPLANNED in self.waits.since and (capacity > 0 or not self.unplanned):
+            self._wait_over(UNPLANNED, report)
         for handle, att in list(self.sched.running.items()):
             if self._slots(att.unit) <= capacity:
                 continue
@@ -471,16 +477,39 @@ class Driver:
             if not self.waits.waiting(att.unit.id, self._slots(att.unit), capacity):
                 self.executor.cancel(handle)
                 self.sched.ended(handle)
-                what = report.waiting[att.unit.id] = self.waits.what[att.unit.id]
+                what = self.waits.what[att.unit.id]
                 self.sched.move(att.unit, UnitState.INTERRUPTED)
                 self.ledger.record(att.unit, UnitState.INTERRUPTED, attempt=att.id, error=what)
                 self.sched.move(att.unit, UnitState.PENDING)
                 self.ledger.record(att.unit, UnitState.PENDING, reason="gave up waiting for capacity")
+                # PENDING now: it waits with the units of its size, from when it began to wait
+                self.waits.carry(att.unit.id, size_key(self._slots(att.unit)))
+                del self.waiting_units[att.unit.id]
+        still_waiting = False
+        for size, n, first in () if self.budget_blocked else self.sched.too_big(capacity):
+            key = size_key(size)
+            self.waiting_sizes[key] = size
+            who = first.id if n == 1 else f"{n:,} units ({first}, ...)"
+            if self.waits.waiting(key, size, capacity, who, many=n > 1):
+                still_waiting = True
+            else:
+                report.waiting[key] = self.waits.what[key]
+        if self.unplanned:  # trained seeds whose evals wait for GPUs to be sharded over
+            n, first = len(self.unplanned), min(self.unplanned)
+            who = f"evals of seed {first}" if n == 1 else f"evals of {n:,} seeds ({first}, ...)"
+            if self.waits.waiting(UNPLANNED, 1, capacity, who):
+                still_waiting = True
+            else:
+                report.waiting[UNPLANNED] = self.waits.what[UNPLANNED]
         if self.sched.running or (self.sched.launchable(capacity) and not self.budget_blocked) or still_waiting:
             return True
         for what in report.waiting.values():
             self.log(f"gave up after {self.waits.limit_s:.0f} s: {what}; run again once the cluster has them")
         return False
+
+    def _wait_over(self, key: str, report: RunReport) -> None:
+        self.waits.satisfied(key)
+        report.waiting.pop(key, None)
 
     # --- failed attempts --------------------------------------------------------------------
 

@@ -10,11 +10,10 @@ import time
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from pipeline.ledger import Ledger
     from pipeline.progress.cli import resolve_campaign
     from pipeline.spec import ScriptTrain
     from pipeline.store import Layout
-    from workers.script_train import attempts, read_log
+    from workers.script_train import attempts
 
     spec, store = resolve_campaign(args.campaign)
     if not isinstance(spec.train, ScriptTrain):
@@ -26,20 +25,76 @@ def cmd_logs(args: argparse.Namespace) -> int:
         for t, a in attempts(store, layout, args.seed):
             print(f"{a}  started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(t))}")
         return 0
-    shown = 0
+    follow = LogFollower(store, layout, args.seed, args.attempt, args.rank)
+    ended = TrainingEnd(store, layout, args.seed)
     while True:
-        attempt, text = read_log(store, layout, args.seed, args.attempt, args.rank)
-        if attempt is None:
+        text = follow.poll()
+        if follow.attempt is None:
             print(f"seed {args.seed}: no attempt of its script has started yet", file=sys.stderr)
-        sys.stdout.write(text[shown:])
+        sys.stdout.write(text)
         sys.stdout.flush()
-        shown = len(text)
-        if not args.follow:
-            return 0
-        failed = Ledger(store, layout, "logs").failed()
-        if store.exists(layout.manifest(args.seed)) or f"train/{args.seed}" in failed:
+        if not args.follow or ended.now():
+            if args.follow:
+                sys.stdout.write(follow.poll())  # what the last chunks added before the end
             return 0
         time.sleep(args.every)
+
+
+class LogFollower:
+    """One rank's log as it grows: each poll lists only the chunks after the last one read (chunks
+    are written once, in order: workers/script_train.py LogSink) and fetches those, so following a
+    long run costs what it adds, not its whole log every few seconds. Without a fixed `attempt` it
+    follows the seed's committed or newest attempt, and a restart's log follows the last one's
+    (looked for only when a poll found nothing new: finding it lists the seed's training folder)."""
+
+    def __init__(self, store, layout, seed: int, attempt: str | None = None, rank: int = 0):
+        self.store, self.layout, self.seed, self.rank = store, layout, seed, rank
+        self.fixed, self.attempt = attempt, attempt
+        self.last: str | None = None  # the last chunk read
+        self.stalled = True  # the last poll added nothing
+
+    def poll(self) -> str:
+        from workers.script_train import current_attempt
+
+        attempt = self.attempt
+        if self.fixed is None and (self.stalled or attempt is None):
+            attempt = current_attempt(self.store, self.layout, self.seed)
+        header = ""
+        if attempt != self.attempt:
+            if self.attempt is not None:
+                header = f"--- attempt {attempt} (the seed's training started again) ---\n"
+            self.attempt, self.last = attempt, None
+        if attempt is None:
+            return ""
+        prefix = self.layout.script_log(self.seed, attempt, self.rank)
+        keys = [k for k in self.store.list(prefix, start_after=self.last) if k.endswith(".txt")]
+        self.stalled = not keys
+        if keys:
+            self.last = keys[-1]
+        return header + "".join(b.decode("utf-8", "replace") for b in self.store.get_many(keys))
+
+
+class TrainingEnd:
+    """Whether the seed's training has ended: committed, or FAILED in the ledger. The ledger is read
+    whole once, then only from a minute before the last look."""
+
+    def __init__(self, store, layout, seed: int):
+        from pipeline.ledger import Ledger
+
+        self.store, self.layout, self.seed = store, layout, seed
+        self.ledger = Ledger(store, layout, "logs")
+        self.since: float | None = None
+
+    def now(self) -> bool:
+        from pipeline.ledger import latest_states
+
+        if self.store.exists(self.layout.manifest(self.seed)):
+            return True
+        looked = time.time()
+        events = [e for e in self.ledger.events(self.since) if e.get("unit") == f"train/{self.seed}" and e.get("event") == "state"]
+        self.since = looked - 60.0
+        state = latest_states(events).get(f"train/{self.seed}")
+        return state is not None and state["state"] == "FAILED"
 
 
 def register(sub) -> None:

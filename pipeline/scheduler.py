@@ -178,11 +178,19 @@ class Scheduler:
         """Whether some PENDING unit fits the cluster (now, or once its backoff is over)."""
         return any(units for size, units in self._pending.items() if size <= capacity)
 
-    def too_big(self, capacity: float) -> Iterator[Unit]:
-        """PENDING units that need more GPUs than the cluster has."""
+    def too_big(self, capacity: float) -> Iterator[tuple[float, int, Unit]]:
+        """(GPUs, how many, the first in launch order) of the PENDING units that need more GPUs
+        than the cluster has, one entry per size: what waits costs a step per size, not per unit
+        (a sweep whose pods all died has tens of thousands)."""
         for size, units in self._pending.items():
-            if size > capacity:
-                yield from sorted(units)
+            if size > capacity and units:
+                queues = (self._trains, self._evals.get(size))
+                tops = [t for q in queues if q is not None and (t := q.top()) is not None and self.slots(t) == size]
+                yield size, len(units), min(tops) if tops else min(units)  # all backing off: rare, then a walk
+
+    def pending_of(self, size: float) -> int:
+        """How many PENDING units need `size` GPUs."""
+        return len(self._pending.get(size, ()))
 
     def pending(self) -> Iterator[Unit]:
         for units in self._pending.values():
@@ -221,11 +229,12 @@ class CapacityWaits:
         self.said: dict[str, float] = {}
         self.what: dict[str, str] = {}
 
-    def waiting(self, key: str, need: float, capacity: float) -> bool:
-        """Record that `key` needs `need` GPUs now; True while it may still wait."""
+    def waiting(self, key: str, need: float, capacity: float, who: str | None = None, many: bool = False) -> bool:
+        """Record that `key` (said as `who`; `many`: a group of units) needs `need` GPUs now;
+        True while it may still wait."""
         t = self.now()
         self.since.setdefault(key, t)
-        what = f"{key} waits for {need:g} GPUs; the cluster has {capacity:g}"
+        what = f"{who or key} wait{'' if many else 's'} for {need:g} GPUs; the cluster has {capacity:g}"
         if self.record is not None and self.what.get(key) != what:
             self.record(key, what)
         self.what[key] = what
@@ -234,6 +243,12 @@ class CapacityWaits:
             self.log(f"{self.what[key]} (giving up in {left:.0f} s)")
             self.said[key] = t
         return t - self.since[key] < self.limit_s
+
+    def carry(self, key: str, to: str) -> None:
+        """`key`'s wait goes on as part of `to`'s, from whichever began first."""
+        if key in self.since:
+            self.since[to] = min(self.since.get(to, self.since[key]), self.since[key])
+        self.satisfied(key)
 
     def satisfied(self, key: str) -> None:
         if self.record is not None and key in self.what:

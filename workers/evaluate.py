@@ -244,7 +244,10 @@ def execute(
         done["run"]["flush_s"] += writer.flush_seconds
         done["provenance"] = attempt_provenance(store, layout, attempt)  # the stack this attempt ran on (README "Reports")
         # the shard's commit object; if another attempt committed first, its records are as good
-        store.put_new_json(layout.shard_done(seed, recipe.name, shard), done)
+        # and its commit is the one returned: the driver merges what it was given (workers/result.py)
+        key = layout.shard_done(seed, recipe.name, shard)
+        if not store.put_new_json(key, done):
+            done = store.get_json(key)
     return done
 
 

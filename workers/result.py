@@ -16,10 +16,14 @@ from workers.segments import Record, load_progress, merge
 RESULT_VERSION = 1
 
 
-def merge_result(store: Store, layout: Layout, seed: int, recipe: EvalRecipe) -> dict[str, Any] | None:
+def merge_result(
+    store: Store, layout: Layout, seed: int, recipe: EvalRecipe, commits: dict[int, dict[str, Any]] | None = None,
+) -> dict[str, Any] | None:
     """When every shard is done: sum the records of all batches in batch order and commit
     result.json (create-only: a merge racing another driver or `pipeline eval` returns the result
-    that won). None while a shard is still missing."""
+    that won). None while a shard is still missing. `commits` are shards' done.json objects the
+    caller already holds (what a shard's attempt returned is its commit object): those are not
+    read again, which halves a driver's reads per merge."""
     key = layout.result(seed, recipe.name)
     if store.exists(key):
         return store.get_json(key)
@@ -28,7 +32,9 @@ def merge_result(store: Store, layout: Layout, seed: int, recipe: EvalRecipe) ->
     done_keys = [layout.shard_done(seed, recipe.name, k) for k in range(len(plan["shards"]))]
     if not set(done_keys) <= set(listed):
         return None
-    dones = store.get_many_json(done_keys)
+    commits = commits or {}
+    fetched = iter(store.get_many_json([k for i, k in enumerate(done_keys) if i not in commits]))
+    dones = [commits[i] if i in commits else next(fetched) for i in range(len(done_keys))]
     # Any complete set of records counts, whichever attempt or shard wrote it.
     progress = load_progress(store, layout.eval_dir(seed, recipe.name), listed)
     missing = [b for b in range(plan["batches"]) if b not in progress.records]

@@ -139,16 +139,20 @@ class LogSink:
 def read_log(store: Store, layout: Layout, seed: int, attempt: str | None = None, rank: int = 0) -> tuple[str | None, str]:
     """(attempt, its rank's whole log so far) from the store; by default the committed attempt, or
     the newest one that started."""
-    if attempt is None:
-        m = store.get_json(layout.manifest(seed)) if store.exists(layout.manifest(seed)) else {}
-        attempt = m.get("attempt") if m.get("kind") == "script" else None
-        if attempt is None:
-            started = attempts(store, layout, seed)
-            attempt = started[-1][1] if started else None
+    attempt = attempt or current_attempt(store, layout, seed)
     if attempt is None:
         return None, ""
     keys = sorted(k for k in store.list(layout.script_log(seed, attempt, rank) + "/") if k.endswith(".txt"))
     return attempt, "".join(store.get(k).decode("utf-8", "replace") for k in keys)
+
+
+def current_attempt(store: Store, layout: Layout, seed: int) -> str | None:
+    """The seed's committed script attempt, else the newest one that started (None: none yet)."""
+    m = store.get_json(layout.manifest(seed)) if store.exists(layout.manifest(seed)) else {}
+    if m.get("kind") == "script" and m.get("attempt"):
+        return m["attempt"]
+    started = attempts(store, layout, seed)
+    return started[-1][1] if started else None
 
 
 def attempts(store: Store, layout: Layout, seed: int) -> list[tuple[float, str]]:

@@ -134,7 +134,8 @@ def test_scheduler_evals_largest_first_without_starving_a_group():
     assert pick([big] + shards, 8) == shards[:6]  # ... and is never launched: it waits for capacity
     assert pick(shards, 0, capacity=0) == []
     sched = _scheduler([big] + shards, gpus)
-    assert list(sched.too_big(8)) == [big] and sched.launchable(8) and not sched.launchable(0)
+    assert list(sched.too_big(8)) == [(16, 1, big)] and sched.launchable(8) and not sched.launchable(0)
+    assert sorted(sched.too_big(0)) == [(1, 6, shards[0]), (16, 1, big)] and sched.pending_of(1) == 6  # one entry per size
 
 
 def test_scheduler_trains_first_and_retry_backoff():
@@ -203,7 +204,7 @@ def test_a_unit_the_cluster_cannot_hold_waits_then_the_run_ends_with_it_pending(
     from pipeline.progress.view import campaign_status
 
     st = campaign_status(spec, store)  # status, from the store: what was left waiting, and why
-    assert st.waiting == {"eval/1/ttt8/0": "eval/1/ttt8/0 waits for 8 GPUs; the cluster has 4"}
+    assert st.waiting == {"units of 8 GPUs": "eval/1/ttt8/0 waits for 8 GPUs; the cluster has 4"}
     assert [e.state for e in st.evals] == ["DONE", "PENDING"]
     assert main(["run", str(f)]) == 1  # a re-run picks it up (and waits again: still no 8 GPUs)
     assert "eval/1/ttt8/0 waits for 8 GPUs" in capsys.readouterr().out

@@ -65,3 +65,27 @@ def test_ten_thousand_units_each_run_exactly_once(data_dir, tmp_path, monkeypatc
     assert not again.done and len(again.skipped) == SEEDS * (1 + RECIPES) and set(runs.values()) == {1}
     assert counted.calls["list"] == SEEDS and sum(counted.calls.values()) < 3 * SEEDS, counted.calls
 
+
+
+def test_units_the_cluster_cannot_hold_wait_as_one_per_gpu_size(data_dir, tmp_path):
+    """60 TTT units of 8 GPUs on a cluster of 4: one wait, one line a minute and one reason for
+    them all (not 60), every other unit runs, and the run ends with them PENDING, none blocked."""
+    ttt8 = {"kind": "ttt", "chunk_tokens": 600, "epochs": 1, "batch_seqs": 4, "gpus": 8}
+    spec = make_spec(
+        data_dir, str(tmp_path / "store"), seeds=list(range(60)), data={"val_tokens": 2000},
+        evals=[{"name": "sw", "seq_len": 64, "stride": 16, "batch_seqs": 8, "shards": 4},
+               {"name": "ttt8", "seq_len": 64, "stride": 16, "passes": [ttt8, {"kind": "sliding"}]}],
+        cluster={"wait_for_capacity_s": 1},
+    )
+    lines: list[str] = []
+    report = Driver(spec, log=lines.append, train_fn=fake_train, eval_fn=fake_eval,
+                    executor=lambda fns: ThreadExecutor(fns, gpus=4)).run()
+    what = "60 units (eval/0/ttt8/0, ...) wait for 8 GPUs; the cluster has 4"
+    assert report.waiting == {"units of 8 GPUs": what}
+    assert not report.failed and not report.blocked
+    assert len(report.done) == 60 * (1 + 4)  # every training and every sw shard ran
+    waits = [ln for ln in lines if "for 8 GPUs" in ln]
+    assert len(waits) == 2 and waits[-1].startswith(f"gave up after 1 s: {what}"), waits
+    store, layout = open_store(spec.store), Layout(spec.name)
+    events = [e for e in Ledger(store, layout, "check").events() if e["event"] == "waiting"]
+    assert {e["key"] for e in events} == {"units of 8 GPUs"}

@@ -124,3 +124,25 @@ def test_artifact_mismatch_is_an_error(data_dir, tmp_path):
     store.put(layout.artifact(1), store.get(layout.artifact(1)) + b"x")
     with pytest.raises(ValueError, match="sha256 does not match its manifest"):
         load_model(spec, store, 1, torch.device("cpu"))
+
+
+def test_a_merge_reads_only_the_shard_commits_it_was_not_given(data_dir, tmp_path):
+    """The driver holds the done.json its shards' attempts returned: the merge reads the others
+    and gives the same result as a merge that reads them all."""
+    from bench.fake_units import CountingStore
+
+    spec = recipe_spec(data_dir, str(tmp_path / "st"), "sliding-exact")
+    commit_random_model(spec, 1)
+    store, layout, recipe = open_store(spec.store), Layout(spec.name), spec.evals[0]
+    plan = ensure_plan(store, spec, 1, recipe, default_shards=3)
+    ctx = prepare_context(spec, 1, recipe, store, torch.device("cpu"))
+    returned = {k: execute(ctx, store, layout, 1, k, 0.0001, plan) for k in range(3)}
+    assert returned == {k: store.get_json(layout.shard_done(1, recipe.name, k)) for k in range(3)}
+    reads_all = CountingStore(store)
+    full = merge_result(reads_all, layout, 1, recipe)
+    store.delete(layout.result(1, recipe.name))
+    reads_some = CountingStore(store)
+    given = merge_result(reads_some, layout, 1, recipe, {0: returned[0], 2: returned[2]})
+    assert given == full
+    assert (reads_all.calls["get_many_json"], reads_some.calls["get_many_json"]) == (3, 1)  # only shard 1's done.json
+    assert reads_some.requests == reads_all.requests - 2

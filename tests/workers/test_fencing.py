@@ -4,6 +4,7 @@ with the uninterrupted number; neither overwrites the other's objects."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -27,11 +28,11 @@ RECIPES = {
     },
 }
 ATTEMPT = """
-import sys, yaml
+import json, sys, yaml
 from pipeline.spec import parse_spec
 from workers.evaluate import run_shard
 spec = parse_spec(yaml.safe_load(open(sys.argv[1])))
-run_shard(spec, 1, sys.argv[2], spec.store, 0)
+print(json.dumps(run_shard(spec, 1, sys.argv[2], spec.store, 0)))
 """
 
 
@@ -49,9 +50,12 @@ def test_two_attempts_of_one_unit_at_once(data_dir, tmp_path, name):
     procs = []
     for delay in (0.0, 0.3):
         time.sleep(delay)
-        procs.append(subprocess.Popen([sys.executable, "-c", ATTEMPT, str(f), name], cwd=ROOT, stderr=subprocess.PIPE))
+        procs.append(subprocess.Popen([sys.executable, "-c", ATTEMPT, str(f), name], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    returned = []
     for p in procs:
-        assert p.wait(timeout=300) == 0, p.stderr.read().decode()
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err.decode()
+        returned.append(json.loads(out.decode().strip().splitlines()[-1]))
 
     store, layout = open_store(spec.store), Layout(spec.name)
     segs = [k.rsplit("/", 1)[1] for k in store.list(layout.shard_dir(1, name, 0)) if "/seg-" in k]
@@ -59,6 +63,7 @@ def test_two_attempts_of_one_unit_at_once(data_dir, tmp_path, name):
     assert len(attempts) == 2, segs  # both attempts wrote progress, each under its own names
     done = store.get_json(layout.shard_done(1, name, 0))
     assert done["attempt"] in attempts  # one commit: the first attempt to finish
+    assert returned == [done, done]  # each attempt returns the shard's commit, the loser too (the driver merges it)
     from workers.result import merge_result
 
     got = merge_result(store, layout, 1, spec.eval_recipe(name))

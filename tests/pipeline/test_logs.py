@@ -1,0 +1,61 @@
+"""`pipeline logs --follow` (pipeline/logs.py): each poll reads only the chunks a script's rank
+wrote since the last, and follows the seed's training to its next attempt when it restarts."""
+
+from __future__ import annotations
+
+from bench.fake_units import CountingStore
+from pipeline.logs import LogFollower, TrainingEnd
+from pipeline.ledger import Ledger
+from pipeline.store import Layout, open_store
+from pipeline.units import Unit, UnitState
+from workers.script_train import LogSink
+
+
+def start(store, layout, attempt: str, t: float) -> LogSink:
+    store.put_new_json(f"{layout.script_log(1, attempt)}/start.json", {"version": 1, "time": t})
+    return LogSink(store, layout.script_log(1, attempt, 0), every_s=0.0)
+
+
+def write(sink: LogSink, *lines: str) -> None:
+    for ln in lines:
+        sink.add(ln + "\n")
+    sink.flush(force=True)
+
+
+def test_a_follower_reads_only_new_chunks_and_follows_a_restart(tmp_path):
+    store, layout = CountingStore(open_store(str(tmp_path / "store"))), Layout("t")
+    follow = LogFollower(store, layout, 1)
+    assert follow.poll() == "" and follow.attempt is None  # nothing started yet
+
+    a = start(store, layout, "aaaa", 1.0)
+    write(a, "step:1/3")
+    write(a, "step:2/3")
+    assert follow.poll() == "step:1/3\nstep:2/3\n" and follow.attempt == "aaaa"
+    write(a, "step:3/3")
+    before = store.calls["get_many"]
+    assert follow.poll() == "step:3/3\n"
+    assert store.calls["get_many"] - before == 1  # the one new chunk, not the whole log again
+    assert follow.poll() == ""
+
+    b = start(store, layout, "bbbb", 2.0)  # the group restarted: a new attempt, a new log
+    write(b, "resumed from checkpoint at step 2")
+    assert follow.poll() == "--- attempt bbbb (the seed's training started again) ---\nresumed from checkpoint at step 2\n"
+    write(a, "a late line of the old attempt")  # a fixed attempt is followed, whatever starts later
+    assert LogFollower(store, layout, 1, attempt="aaaa").poll().endswith("a late line of the old attempt\n")
+
+
+def test_the_training_ends_when_it_commits_or_fails(tmp_path):
+    store, layout = open_store(str(tmp_path / "store")), Layout("t")
+    ended = TrainingEnd(store, layout, 1)
+    with Ledger(store, layout, "run") as ledger:
+        ledger.record(Unit.train(1), UnitState.RUNNING, attempt="aaaa")
+    assert not ended.now() and not ended.now()
+    with Ledger(store, layout, "run") as ledger:
+        ledger.record(Unit.train(2), UnitState.FAILED, attempt="x")  # another seed's
+    assert not ended.now()
+    with Ledger(store, layout, "run") as ledger:
+        ledger.record(Unit.train(1), UnitState.FAILED, attempt="aaaa")
+    assert ended.now()
+    assert TrainingEnd(store, layout, 2).now()  # read whole the first time: an earlier FAILED counts
+    store.put_new_json(layout.manifest(3), {"version": 1})
+    assert TrainingEnd(store, layout, 3).now()
