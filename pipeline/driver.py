@@ -456,14 +456,18 @@ class Driver:
         most wait_for_capacity_s; a running unit that lost its GPUs is cancelled when its wait
         runs out (Ray would hold it forever). Units that waited in vain stay PENDING. Costs what
         waits, not what is pending: PENDING units wait (and are logged) as one per GPU size, the
-        units that fit are counted, not walked."""
+        units that fit are counted, not walked. Units of one size wait together: one planned after
+        their wait ran out gives up with them (the cluster has lacked those GPUs that long)."""
         capacity = self.capacity
         if self.budget_blocked:
             report.budget = self.budget.stopped  # PENDING units wait for no GPUs: the budget holds them
-        for key, u in list(self.waiting_units.items()):  # waits that are over: the unit fits, or left PENDING
-            if self._slots(u) <= capacity or self.sched.state(u) not in (UnitState.PENDING, UnitState.RUNNING):
+        for key, u in list(self.waiting_units.items()):  # waits that are over: the unit fits, or ended
+            state = self.sched.state(u)
+            if self._slots(u) <= capacity or state not in (UnitState.PENDING, UnitState.RUNNING):
                 self._wait_over(key, report)
                 del self.waiting_units[key]
+            elif state is UnitState.PENDING:  # its attempt failed back to PENDING: it waits with its size now
+                self._carry(u, report)
         for key, size in list(self.waiting_sizes.items()):
             if size <= capacity or not self.sched.pending_of(size):
                 self._wait_over(key, report)
@@ -482,9 +486,7 @@ class Driver:
                 self.ledger.record(att.unit, UnitState.INTERRUPTED, attempt=att.id, error=what)
                 self.sched.move(att.unit, UnitState.PENDING)
                 self.ledger.record(att.unit, UnitState.PENDING, reason="gave up waiting for capacity")
-                # PENDING now: it waits with the units of its size, from when it began to wait
-                self.waits.carry(att.unit.id, size_key(self._slots(att.unit)))
-                del self.waiting_units[att.unit.id]
+                self._carry(att.unit, report)  # PENDING now: it waits with the units of its size
         still_waiting = False
         for size, n, first in () if self.budget_blocked else self.sched.too_big(capacity):
             key = size_key(size)
@@ -506,6 +508,14 @@ class Driver:
         for what in report.waiting.values():
             self.log(f"gave up after {self.waits.limit_s:.0f} s: {what}; run again once the cluster has them")
         return False
+
+    def _carry(self, u: Unit, report: RunReport) -> None:
+        """A running unit's own wait goes on as its size group's, from when it began."""
+        key = size_key(self._slots(u))
+        self.waits.carry(u.id, key)
+        self.waiting_sizes[key] = self._slots(u)  # cleared with the group (also if the budget holds it)
+        report.waiting.pop(u.id, None)
+        del self.waiting_units[u.id]
 
     def _wait_over(self, key: str, report: RunReport) -> None:
         self.waits.satisfied(key)

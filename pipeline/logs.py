@@ -44,57 +44,72 @@ class LogFollower:
     """One rank's log as it grows: each poll lists only the chunks after the last one read (chunks
     are written once, in order: workers/script_train.py LogSink) and fetches those, so following a
     long run costs what it adds, not its whole log every few seconds. Without a fixed `attempt` it
-    follows the seed's committed or newest attempt, and a restart's log follows the last one's
-    (looked for only when a poll found nothing new: finding it lists the seed's training folder)."""
+    follows the seed's committed or newest attempt, and a restart's log follows the last one's.
+    A restart is looked for only when a poll found nothing new, at most every `look_every_s`:
+    finding it lists the seed's whole training folder."""
 
-    def __init__(self, store, layout, seed: int, attempt: str | None = None, rank: int = 0):
+    def __init__(self, store, layout, seed: int, attempt: str | None = None, rank: int = 0, look_every_s: float = 30.0):
         self.store, self.layout, self.seed, self.rank = store, layout, seed, rank
         self.fixed, self.attempt = attempt, attempt
+        self.look_every_s, self.looked = look_every_s, -1e18
         self.last: str | None = None  # the last chunk read
         self.stalled = True  # the last poll added nothing
 
     def poll(self) -> str:
         from workers.script_train import current_attempt
 
-        attempt = self.attempt
-        if self.fixed is None and (self.stalled or attempt is None):
+        attempt, now = self.attempt, time.monotonic()
+        if self.fixed is None and (attempt is None or (self.stalled and now - self.looked >= self.look_every_s)):
+            self.looked = now
             attempt = current_attempt(self.store, self.layout, self.seed)
-        header = ""
+        out = ""
         if attempt != self.attempt:
-            if self.attempt is not None:
-                header = f"--- attempt {attempt} (the seed's training started again) ---\n"
+            if self.attempt is not None:  # what the old attempt wrote last (its traceback), then the new one
+                out = self._read() + f"--- attempt {attempt} (the seed's training started again) ---\n"
             self.attempt, self.last = attempt, None
         if attempt is None:
-            return ""
-        prefix = self.layout.script_log(self.seed, attempt, self.rank)
+            return out
+        text = self._read()
+        self.stalled = not text
+        return out + text
+
+    def _read(self) -> str:
+        prefix = self.layout.script_log(self.seed, self.attempt, self.rank)
         keys = [k for k in self.store.list(prefix, start_after=self.last) if k.endswith(".txt")]
-        self.stalled = not keys
         if keys:
             self.last = keys[-1]
-        return header + "".join(b.decode("utf-8", "replace") for b in self.store.get_many(keys))
+        return "".join(b.decode("utf-8", "replace") for b in self.store.get_many(keys))
 
 
 class TrainingEnd:
     """Whether the seed's training has ended: committed, or FAILED in the ledger. The ledger is read
-    whole once, then only from a minute before the last look."""
+    whole at first and every `whole_every_s`, in between only from a minute before the newest event
+    seen: the driver's clock, not ours, which may differ."""
 
-    def __init__(self, store, layout, seed: int):
+    def __init__(self, store, layout, seed: int, whole_every_s: float = 300.0):
         from pipeline.ledger import Ledger
 
-        self.store, self.layout, self.seed = store, layout, seed
+        self.store, self.layout, self.unit = store, layout, f"train/{seed}"
+        self.manifest = layout.manifest(seed)
         self.ledger = Ledger(store, layout, "logs")
-        self.since: float | None = None
+        self.whole_every_s, self.whole_at = whole_every_s, -1e18
+        self.newest: float | None = None  # the newest event's time seen (the driver's clock)
+        self.state: str | None = None
 
     def now(self) -> bool:
-        from pipeline.ledger import latest_states
-
-        if self.store.exists(self.layout.manifest(self.seed)):
+        if self.store.exists(self.manifest):
             return True
-        looked = time.time()
-        events = [e for e in self.ledger.events(self.since) if e.get("unit") == f"train/{self.seed}" and e.get("event") == "state"]
-        self.since = looked - 60.0
-        state = latest_states(events).get(f"train/{self.seed}")
-        return state is not None and state["state"] == "FAILED"
+        t = time.monotonic()
+        whole = self.newest is None or t - self.whole_at >= self.whole_every_s
+        if whole:
+            self.whole_at = t
+        events = self.ledger.events(None if whole else self.newest - 60.0)
+        if events:
+            self.newest = max(self.newest or 0.0, events[-1].get("time", 0.0))
+        for e in events:  # time order: the last state event of the unit wins
+            if e.get("unit") == self.unit and e.get("event") == "state":
+                self.state = e["state"]
+        return self.state == "FAILED"
 
 
 def register(sub) -> None:
