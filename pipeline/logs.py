@@ -74,11 +74,10 @@ class LogFollower:
         return out + text
 
     def _read(self) -> str:
-        prefix = self.layout.script_log(self.seed, self.attempt, self.rank)
-        keys = [k for k in self.store.list(prefix, start_after=self.last) if k.endswith(".txt")]
-        if keys:
-            self.last = keys[-1]
-        return "".join(b.decode("utf-8", "replace") for b in self.store.get_many(keys))
+        from workers.script_train import read_chunks
+
+        text, self.last = read_chunks(self.store, self.layout.script_log(self.seed, self.attempt, self.rank), self.last)
+        return text
 
 
 class TrainingEnd:
@@ -89,8 +88,7 @@ class TrainingEnd:
     def __init__(self, store, layout, seed: int, whole_every_s: float = 300.0):
         from pipeline.ledger import Ledger
 
-        self.store, self.layout, self.unit = store, layout, f"train/{seed}"
-        self.manifest = layout.manifest(seed)
+        self.store, self.unit, self.manifest = store, f"train/{seed}", layout.manifest(seed)
         self.ledger = Ledger(store, layout, "logs")
         self.whole_every_s, self.whole_at = whole_every_s, -1e18
         self.newest: float | None = None  # the newest event's time seen (the driver's clock)

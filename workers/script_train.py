@@ -142,8 +142,14 @@ def read_log(store: Store, layout: Layout, seed: int, attempt: str | None = None
     attempt = attempt or current_attempt(store, layout, seed)
     if attempt is None:
         return None, ""
-    keys = sorted(k for k in store.list(layout.script_log(seed, attempt, rank) + "/") if k.endswith(".txt"))
-    return attempt, "".join(store.get(k).decode("utf-8", "replace") for k in keys)
+    return attempt, read_chunks(store, layout.script_log(seed, attempt, rank))[0]
+
+
+def read_chunks(store: Store, prefix: str, after: str | None = None) -> tuple[str, str | None]:
+    """(the text of one rank's log chunks under `prefix` after the chunk `after`, the last chunk
+    read, or `after` if none is new): chunks are written once, in name order (LogSink)."""
+    keys = [k for k in store.list(prefix, start_after=after) if k.endswith(".txt")]
+    return "".join(b.decode("utf-8", "replace") for b in store.get_many(keys)), keys[-1] if keys else after
 
 
 def current_attempt(store: Store, layout: Layout, seed: int) -> str | None:
