@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DATA := data/demo
 
-.PHONY: demo test install clean-demo ssh-server
+.PHONY: demo test install clean-demo ssh-server gpu-check
 
 install: $(STAMP)
 
@@ -41,6 +41,11 @@ ssh-server:
 	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends openssh-server >/dev/null 2>&1; } || \
 	    echo "openssh-server could not be installed: the ssh tests will be skipped"; \
 	  else echo "no sshd and not root with apt-get: the ssh tests will be skipped"; fi; }
+
+# One table of the GPU path (versions, flash-attn vs SDPA, the GPU each eval task uses, NCCL group,
+# eval windows/s): on a machine with NVIDIA GPUs; writes only under gpu-check/ (bench/gpu_check.py).
+gpu-check: $(STAMP)
+	$(PY) bench/gpu_check.py --out gpu-check
 
 clean-demo:
 	rm -rf $(DEMO_DATA) store/demo results/demo
