@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.pods.pod import Pod
-from pipeline.pods.ssh import SSH
+from pipeline.pods.ssh import SSH, why_line
 from pipeline.progress.pricing import LABEL_GPU_COUNT, LABEL_GPU_TYPE, LABEL_POD_ID, LABEL_USD_PER_HOUR
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,6 +30,14 @@ _BUNDLE = ("pipeline", "workers", "jobs", "pyproject.toml", "Makefile", "README.
 
 class BootstrapError(RuntimeError):
     """A pod could not join; `str(err)` is one line."""
+
+
+def torch_requirement(root: Path = ROOT) -> str:
+    """The torch the project pins (the Makefile's `TORCH ?= ...`, one source for `make` and pods)."""
+    m = re.search(r"^TORCH \?= *(\S+)", (root / "Makefile").read_text(), re.M)
+    if not m:
+        raise BootstrapError(f"{root / 'Makefile'}: no `TORCH ?= torch==...` line (the torch pin pods install)")
+    return m.group(1)
 
 
 def pod_labels(pod: Pod) -> dict[str, str]:
@@ -118,8 +126,13 @@ def bootstrap(
     args += ray_args
     start = " ".join(q(a) for a in args)
     log(f"{pod.id}: joining the Ray cluster at {head} with {num_gpus} GPU(s), labels {labels}")
+    # The pid file must name `ray start` itself (leave_ray kills its session): `$!` of a backgrounded
+    # `cd && ...` list is the subshell's pid, so the process writes its own pid and then execs.
+    pidf = q(f"{d}/ray-node.pid")
+    inner = f"echo $$ > {pidf} && exec nohup {start}"
     ssh.check(
-        f"cd {q(d)} && {env}setsid nohup {start} > ray-node.log 2>&1 < /dev/null & echo $! > {q(d)}/ray-node.pid",
+        f"cd {q(d)} && rm -f {pidf} && {{ {env}setsid sh -c {q(inner)} > ray-node.log 2>&1 < /dev/null & }} && "
+        f"for i in $(seq 100); do test -s {pidf} && exit 0; sleep 0.1; done; echo 'no pid file after 10 s'; exit 5",
         what="ray start",
         timeout_s=30,
     )
@@ -132,7 +145,7 @@ def bootstrap(
     code, tail = ssh.run(wait, timeout_s=join_timeout_s + 30)
     if code:
         why = "ray start exited" if code == 3 else f"not joined after {join_timeout_s:g}s"
-        last = next((ln.strip() for ln in reversed(tail.splitlines()) if ln.strip()), "")
+        last = why_line(tail)
         raise BootstrapError(f"{pod.id}: {why}" + (f": {last}" if last else "") + f" (log: {d}/ray-node.log on the pod)")
     log(f"{pod.id}: joined")
     return BootstrapResult(pod.id, labels, num_gpus, installed, tuple(gpu_names))
@@ -167,9 +180,14 @@ def _install(ssh: SSH, d: str, python: str, log: Callable[[str], None]) -> bool:
     ssh.write(f"{d}/.pipeline-src.tar.gz", bundle.data, mode=0o644)
     # --system-site-packages: RunPod's pytorch images ship torch + CUDA in the system Python; pip
     # then keeps that build instead of downloading another.
+    # A pod without a torch in its image gets the project's pin (the Makefile's TORCH), not whatever
+    # `torch>=2.5` resolves to that day.
+    torch = torch_requirement()
     ssh.check(
         f"cd {q(d)} && tar -xzf .pipeline-src.tar.gz && rm .pipeline-src.tar.gz && "
         f"{{ test -x .venv/bin/python || {q(python)} -m venv --system-site-packages .venv; }} && "
+        f"{{ .venv/bin/python -c 'import torch' >/dev/null 2>&1 || {{ echo {q(f'no torch in the image: installing {torch}')} && "
+        f".venv/bin/python -m pip install -q {q(torch)}; }}; }} && "
         ".venv/bin/python -m pip install -q -e .",
         out=log,
         timeout_s=1800,
@@ -187,7 +205,7 @@ def _check_gpus(ssh: SSH, pod: Pod, cpu_pod: bool, log: Callable[[str], None]) -
     if code == 127:
         raise BootstrapError(f"{pod.id}: nvidia-smi not found: no NVIDIA driver on the pod (for a CPU pod with logical GPUs pass --cpu-pod)")
     if code:
-        last = next((ln.strip() for ln in reversed(out.splitlines()) if ln.strip()), "")
+        last = why_line(out)
         raise BootstrapError(f"{pod.id}: nvidia-smi failed (exit {code}): {last}")
     names = [ln.strip() for ln in out.splitlines() if ln.strip()]
     if len(names) != pod.gpu_count:

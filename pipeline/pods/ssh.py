@@ -9,6 +9,7 @@ changed key: that is refused too, naming the line to remove. Every failure is on
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -183,8 +184,8 @@ class SSH:
         """Run and return the output's tail; a non-zero exit is an SSHError with its last line."""
         code, tail = self.run(command, out, timeout_s)
         if code != 0:
-            last = next((ln for ln in reversed(tail.strip().splitlines()) if ln.strip()), "")
-            raise SSHError(f"ssh {self.target}: {what or _short(command)} exited {code}" + (f": {last.strip()}" if last else ""))
+            last = why_line(tail)
+            raise SSHError(f"ssh {self.target}: {what or _short(command)} exited {code}" + (f": {last}" if last else ""))
         return tail
 
     def put(self, local: str | Path, remote: str, mode: int | None = None) -> None:
@@ -212,6 +213,22 @@ class SSH:
                 sftp.get(remote, str(local))
             except OSError as e:
                 raise SSHError(f"ssh {self.target}: cannot copy {remote} to {local}: {e}") from None
+
+
+# pip prints "ERROR: ..." and then its "[notice] To update, run: ..." hint; a traceback ends in
+# "SomeError: ..."; tools print "error: ...". The cause is that line, not the output's last one.
+_CAUSE = re.compile(r"^(ERROR|Error|error|FATAL|fatal)\b[:\s]|^[A-Za-z_.]*(Error|Exception)\b: ")
+
+
+def why_line(output: str) -> str:
+    """The line of a failed command's output that says why it failed: the last `ERROR:`-like line,
+    else the last line that is not a `[notice]`, else ""."""
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    cause = [ln for ln in lines if _CAUSE.match(ln)]
+    if cause:
+        return cause[-1]
+    plain = [ln for ln in lines if not ln.startswith("[notice]")]
+    return plain[-1] if plain else (lines[-1] if lines else "")
 
 
 def _short(command: str) -> str:

@@ -106,3 +106,79 @@ def test_bootstrap_joins_this_machine_to_ray_with_the_pods_labels(sshd, runpod, 
         with SSH(SSHTarget("127.0.0.1", sshd.port, key_file=str(sshd.client_key), known_hosts=tmp_path / "kh")) as s:
             assert leave_ray(s, str(pod_dir))
     assert not (pod_dir / "ray-node.pid").exists()
+
+
+def _pod_dir(tmp_path: Path, python: str) -> Path:
+    """A pod directory whose `.venv` holds stand-ins: `python` logs its arguments to CALLS and
+    answers as the script says; `ray` prints what `ray start --block` prints, then blocks."""
+    d = tmp_path / "pod"
+    (d / ".venv" / "bin").mkdir(parents=True)
+    for name, body in (("python", python), ("ray", 'echo "Ray runtime started."\nwhile true; do sleep 1; done')):
+        f = d / ".venv" / "bin" / name
+        f.write_text(f'#!/bin/sh\necho "{name} $*" >> {d}/CALLS\n{body}\n')
+        f.chmod(0o755)
+    return d
+
+
+def _bootstrap_args(runpod, sshd, tmp_path: Path, pod_dir: Path) -> list[str]:
+    pod = runpod.add_pod(gpu="NVIDIA H100 80GB HBM3", count=1, ssh=("127.0.0.1", sshd.port))
+    return ["pods", "bootstrap", pod, "--head", "127.0.0.1:6379", "--dir", str(pod_dir), "--cpu-pod",
+            "--key", str(sshd.client_key), "--known-hosts", str(sshd.known_hosts(tmp_path / "kh"))]  # fmt: skip
+
+
+@linux_only
+def test_ray_node_pid_is_ray_start_itself_and_leaving_ends_it(sshd, runpod, tmp_path, capsys):
+    """The pid file names the `ray start` process, not the shell around it: leaving the cluster (or
+    a re-bootstrap) ends that node instead of leaving it running."""
+    pod_dir = _pod_dir(tmp_path, "exit 0")  # `import pipeline, ray` succeeds: the code counts as installed
+    (pod_dir / ".pipeline-install.json").write_text(json.dumps({"version": INSTALL_VERSION, "digest": project_bundle().digest}))
+    assert main(_bootstrap_args(runpod, sshd, tmp_path, pod_dir)) == 0, capsys.readouterr().err
+    pid = int((pod_dir / "ray-node.pid").read_text())
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert cmdline[1:3] == [str(pod_dir / ".venv" / "bin" / "ray").encode(), b"start"], cmdline
+    from pipeline.pods.bootstrap import leave_ray
+    from pipeline.pods.ssh import SSH, SSHTarget
+
+    with SSH(SSHTarget("127.0.0.1", sshd.port, key_file=str(sshd.client_key), known_hosts=tmp_path / "kh")) as s:
+        assert leave_ray(s, str(pod_dir))
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{pid}").exists() or b"Z" in Path(f"/proc/{pid}/stat").read_bytes().split(b" ")[2]
+
+
+PIP_FAILS = """case "$*" in
+  "-c import torch") exit 1 ;;
+  "-c import pipeline, ray") exit 1 ;;
+  *"install -q -e ."*)
+    echo "Collecting ray[train]"; echo "ERROR: No matching distribution found for ray[train]"
+    echo "[notice] A new release of pip is available: 24.0 -> 25.1"; echo "[notice] To update, run: pip install --upgrade pip"
+    exit 1 ;;
+esac
+exit 0"""
+
+
+@linux_only
+def test_failed_install_names_pips_error_and_a_pod_without_torch_gets_the_pinned_one(sshd, runpod, tmp_path, capsys):
+    pod_dir = _pod_dir(tmp_path, PIP_FAILS)
+    assert main(_bootstrap_args(runpod, sshd, tmp_path, pod_dir)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith("install (pip install -e .) exited 1: ERROR: No matching distribution found for ray[train]"), err
+    from pipeline.pods.bootstrap import torch_requirement
+
+    pin = torch_requirement()
+    make_pin = next(ln.split("?=")[1].strip() for ln in (ROOT / "Makefile").read_text().splitlines() if ln.startswith("TORCH ?="))
+    assert pin == make_pin
+    calls = (pod_dir / "CALLS").read_text().splitlines()
+    assert calls.index(f"python -m pip install -q {pin}") < calls.index("python -m pip install -q -e .")
+    assert not (pod_dir / ".pipeline-install.json").exists()
+
+
+def test_why_line_prefers_the_error_over_trailing_notices():
+    from pipeline.pods.ssh import why_line
+
+    assert why_line("a\nERROR: boom\n[notice] To update, run: pip install --upgrade pip\n") == "ERROR: boom"
+    assert why_line("Traceback (most recent call last):\n  File x\nModuleNotFoundError: No module named 'ray'\n") == "ModuleNotFoundError: No module named 'ray'"
+    assert why_line("last words\n\n") == "last words"
+    assert why_line("[notice] only\n") == "[notice] only"
+    assert why_line("") == ""
