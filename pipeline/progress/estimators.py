@@ -20,6 +20,12 @@ Two kinds of interval (README "Early answers"):
 
 A TTT eval scores its chunks in val order: its done batches are a prefix, not a sample, so no
 interval is given for it (`Estimate.sample` is False).
+
+Below MIN_INTERVAL_BATCHES batches no interval is given at all: the delta method assumes R̂ is
+nearly normal, and with few batches a handful of much harder ones make it skewed. Simulated with
+0.5 % of batches 3× harder than the rest, the 95 % interval covered the truth in 26 % of runs at
+40 of 400 batches (the hard ones mostly not drawn yet) and 88 % at 600 of 30,000; the minimum
+is the one stop rules already use (`stop_when.min_batches`, default 30).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import numpy as np
 
 LN2 = math.log(2.0)
 Z95 = 1.959963984540054
+MIN_INTERVAL_BATCHES = 30  # fewer done batches: a value, no interval (the module's docstring says why)
 
 
 @dataclass(frozen=True)
@@ -101,7 +108,9 @@ def sequence_factor(n: int, alpha: float, t_opt: float) -> float:
 
 
 def _half_width(influence: np.ndarray, n: int, N: int, kind: str, alpha: float, t_opt: float | None) -> float | None:
-    if n < 2:
+    if N and n >= N:
+        return 0.0  # every batch is in: the number itself
+    if n < max(MIN_INTERVAL_BATCHES, 2):
         return None
     sd = float(influence.std(ddof=1))
     if kind == "fixed":

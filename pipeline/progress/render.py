@@ -9,6 +9,7 @@ from rich.table import Table
 
 from pipeline.progress.compare import Comparison
 from pipeline.progress.cost import CostReport
+from pipeline.progress.estimators import MIN_INTERVAL_BATCHES
 from pipeline.progress.view import CampaignStatus, EvalStatus
 
 
@@ -40,7 +41,7 @@ def bpb_text(e: EvalStatus) -> str:
     if not est.sample:
         return f"{est.value:.5f} (prefix, {est.done:.0%} of val; no interval)"
     if est.half_width is None:
-        return f"~{est.value:.4f} (1 batch: no interval yet)"
+        return f"~{est.value:.4f} ({est.n} batch{'es' if est.n > 1 else ''}: no interval below {MIN_INTERVAL_BATCHES})"
     return f"{est.value:.5f} ± {est.half_width:.5f}"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from pipeline.progress.estimators import MIN_INTERVAL_BATCHES
 from pipeline.report.collect import RecipeReport, Report, SeedRow
 from pipeline.report.trajectory import SHARES
 
@@ -25,6 +26,9 @@ def bpb_cell(row: SeedRow) -> str:
     if e and e.get("value") == e.get("value"):
         if e.get("half_width") is not None:
             return f"~{e['value']:.6f} [{e['low']:.6f}, {e['high']:.6f}] at {row.done:.1%} ({row.state})"
+        if e.get("sample", True):
+            n = e.get("batches_done", 0)
+            return f"~{e['value']:.6f} at {row.done:.1%}, {n} batch{'es' if n != 1 else ''}: no interval below {MIN_INTERVAL_BATCHES} ({row.state})"
         return f"~{e['value']:.6f} at {row.done:.1%}, val-order prefix, no interval ({row.state})"
     return row.state + (f": {row.error}" if row.error else "")
 

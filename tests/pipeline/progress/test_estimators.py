@@ -109,3 +109,30 @@ def test_pairing_is_far_narrower_than_two_intervals():
     un = unpaired_half_width(bpb_estimate(ba, N), bpb_estimate(bb, N))
     assert d.low <= true_bpb(a, x) - true_bpb(b, x) <= d.high
     assert un / d.half_width > 5
+
+
+def test_no_interval_below_the_minimum_where_a_few_hard_batches_break_it():
+    """0.5 % of batches 3× harder than the rest: at 20 of 400 batches done most samples hold none
+    of the hard ones and the delta-method interval misses the truth far more than 5 % of the time;
+    so below MIN_INTERVAL_BATCHES there is a value and no interval."""
+    from pipeline.progress.estimators import MIN_INTERVAL_BATCHES
+
+    rng = np.random.default_rng(7)
+    N = 400
+    x = rng.uniform(900, 1100, N)
+    nll = x * LN2 * rng.normal(1.2, 0.02, N)
+    nll[rng.choice(N, 2, replace=False)] *= 3.0
+    truth, hits = true_bpb(nll, x), 0
+    for _ in range(300):
+        done = rng.permutation(N)[:MIN_INTERVAL_BATCHES - 10]
+        hw = bpb_estimate(Batches(nll[done], x[done]), N, kind="fixed")
+        assert hw.half_width is None and hw.value == hw.value  # a value, no interval
+        # what the interval would have said (the formula at the same n): how often it misses
+        r = nll[done].sum() / LN2 / x[done].sum()
+        infl = (nll[done] / LN2 - r * x[done]) / x[done].mean()
+        half = 1.96 * infl.std(ddof=1) * math.sqrt((1 - len(done) / N) / len(done))
+        hits += r - half <= truth <= r + half
+    assert hits / 300 < 0.9, hits  # the undercoverage the minimum hides
+    done = rng.permutation(N)[:MIN_INTERVAL_BATCHES]
+    assert bpb_estimate(Batches(nll[done], x[done]), N).half_width is not None
+    assert paired_estimate(Batches(nll[:5], x[:5]), Batches(nll[:5] * 1.01, x[:5]), N).half_width is None

@@ -89,19 +89,35 @@ def test_report_numbers_are_the_per_batch_records_summed(campaign):
     assert f"{values[0]:.6f}" in md and "std (ddof=0)" in md and "std (ddof=1)" in md
 
 
-def test_an_unfinished_eval_is_an_estimate_with_its_interval_never_a_bare_number(campaign):
+def test_an_unfinished_eval_is_an_estimate_never_a_bare_number(campaign):
+    """Seed 3's SLOT has a few of its batches done: fewer than MIN_INTERVAL_BATCHES, so the report
+    shows the running value, % done and why there is no interval."""
+    from pipeline.progress.estimators import MIN_INTERVAL_BATCHES
+
     f, tmp = campaign
     out, rep = _reported(tmp)
     slot = rep["recipes"]["slot"]
     row3 = next(r for r in slot["seeds"] if r["seed"] == 3)
     assert row3["state"] == "PENDING" and row3["val_bpb"] is None
-    assert 0 < row3["done"] < 1 and row3["estimate"]["low"] < row3["estimate"]["value"] < row3["estimate"]["high"]
+    e = row3["estimate"]
+    assert 0 < row3["done"] < 1 and 0 < e["batches_done"] < MIN_INTERVAL_BATCHES and e["half_width"] is None
     assert slot["val_bpb"]["n"] == 2 and slot["with_estimates"]["n"] == 3 and not slot["complete"]
     md = (out / "report.md").read_text()
-    e = row3["estimate"]
-    assert f"~{e['value']:.6f} [{e['low']:.6f}, {e['high']:.6f}] at {row3['done']:.1%} (PENDING)" in md
+    n = e["batches_done"]
+    assert f"~{e['value']:.6f} at {row3['done']:.1%}, {n} batch{'es' if n != 1 else ''}: no interval below {MIN_INTERVAL_BATCHES} (PENDING)" in md
     assert f"| {e['value']:.6f} |" not in md
     assert "ESTIMATE" in md and "(n=2 of 3)" in md
+
+
+def test_an_estimate_with_enough_batches_shows_its_interval():
+    from types import SimpleNamespace
+
+    from pipeline.report.markdown import bpb_cell
+
+    e = {"value": 1.25, "half_width": 0.01, "low": 1.24, "high": 1.26, "batches_done": 40, "batches": 100, "sample": True}
+    assert bpb_cell(SimpleNamespace(val_bpb=None, estimate=e, done=0.4, state="RUNNING", error=None)) == "~1.250000 [1.240000, 1.260000] at 40.0% (RUNNING)"
+    prefix = {**e, "half_width": None, "sample": False}
+    assert "val-order prefix, no interval" in bpb_cell(SimpleNamespace(val_bpb=None, estimate=prefix, done=0.4, state="RUNNING", error=None))
 
 
 def test_submission_json_has_the_records_fields_and_lists_what_to_fill(campaign):
