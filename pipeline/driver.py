@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from pipeline.progress.budget import Budget, Projection, Rates, Work
 from pipeline.progress.pricing import node_identity
 from pipeline.progress.stopping import EarlyStops, estimate_key
 from pipeline.resume import LIST_THREADS, CampaignScan
-from pipeline.scheduler import Attempt, CapacityWaits, Scheduler
+from pipeline.scheduler import Attempt, Capacity, CapacityWaits, Scheduler
 from pipeline.spec import CampaignSpec, ScriptTrain
 from pipeline.store import Layout, Store, new_attempt_id, normalize_uri, open_store
 from pipeline.tasks import eval_group_unit, eval_unit, train_unit
@@ -151,7 +151,7 @@ class Driver:
         self.recipe_batches: dict[str, int] = {}  # batches of a recipe's plan (the same for every seed)
         self.geometry: dict[str, tuple[int, int]] = {}  # recipe → (windows, batches) for new plans
         self.nodes: list[dict] | None = None  # the cluster as last recorded in the ledger
-        self.capacity = 0.0
+        self.capacity = Capacity()
         self.looked = -1e18  # when the loop last looked at the cluster (time.monotonic)
         self.usd_per_gpu_s = spec.cluster.pricing.usd_per_gpu_hour / 3600.0
         self.scan: CampaignScan | None = None
@@ -274,7 +274,7 @@ class Driver:
         if not force and now - self.looked < TICK_S:
             return
         self.looked = now
-        self.capacity = self.executor.capacity()
+        self.capacity = replace(self.executor.capacity(), span=self.spec.cluster.groups_span_nodes)
         self._record_cluster()
         self._check_budget()
 
@@ -329,7 +329,7 @@ class Driver:
         over; the shard count follows the cluster's GPUs now, not when the driver started. The
         plans (plan.json, written once) are read or written in parallel: a resumed sweep has
         hundreds of them."""
-        if not self.unplanned or self.capacity <= 0:
+        if not self.unplanned or self.capacity.total <= 0:
             return
         from workers.plan import ensure_plan, plan_geometry  # data-plane imports only when there is work
 
@@ -343,7 +343,7 @@ class Driver:
         for r in {r.name: r for _, r in todo}.values():
             if r.name not in self.geometry and not all(self.scan.eval(s, r.name).plan for s, q in todo if q is r):
                 self.geometry[r.name] = plan_geometry(self.spec, r)
-        shards = max(1, int(self.capacity))
+        shards = max(1, int(self.capacity.total))
         with ThreadPoolExecutor(max_workers=LIST_THREADS) as pool:
             plans = list(pool.map(
                 lambda sr: ensure_plan(self.store, self.spec, sr[0], sr[1], shards, self.geometry.get(sr[1].name)), todo,
@@ -463,19 +463,19 @@ class Driver:
             report.budget = self.budget.stopped  # PENDING units wait for no GPUs: the budget holds them
         for key, u in list(self.waiting_units.items()):  # waits that are over: the unit fits, or ended
             state = self.sched.state(u)
-            if self._slots(u) <= capacity or state not in (UnitState.PENDING, UnitState.RUNNING):
+            if capacity.fits(self._slots(u)) or state not in (UnitState.PENDING, UnitState.RUNNING):
                 self._wait_over(key, report)
                 del self.waiting_units[key]
             elif state is UnitState.PENDING:  # its attempt failed back to PENDING: it waits with its size now
                 self._carry(u, report)
         for key, size in list(self.waiting_sizes.items()):
-            if size <= capacity or not self.sched.pending_of(size):
+            if capacity.fits(size) or not self.sched.pending_of(size):
                 self._wait_over(key, report)
                 del self.waiting_sizes[key]
-        if UNPLANNED in self.waits.since and (capacity > 0 or not self.unplanned):
+        if UNPLANNED in self.waits.since and (capacity.total > 0 or not self.unplanned):
             self._wait_over(UNPLANNED, report)
         for handle, att in list(self.sched.running.items()):
-            if self._slots(att.unit) <= capacity:
+            if capacity.fits(self._slots(att.unit)):
                 continue
             self.waiting_units[att.unit.id] = att.unit
             if not self.waits.waiting(att.unit.id, self._slots(att.unit), capacity):

@@ -16,6 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.scheduler import Capacity
 from pipeline.units import Unit
 
 # Eval tasks keep their worker process across shards; Ray must then not narrow
@@ -73,8 +74,8 @@ class Executor(ABC):
     def cancel(self, handle: Any) -> None: ...
 
     @abstractmethod
-    def capacity(self) -> float:
-        """GPUs of the cluster now."""
+    def capacity(self) -> Capacity:
+        """The cluster's GPUs now: per alive node, and per node free where known."""
 
     @abstractmethod
     def nodes(self) -> list[dict[str, Any]]:
@@ -143,10 +144,18 @@ class RayExecutor(Executor):
 
         ray.cancel(handle, force=True, recursive=True)
 
-    def capacity(self) -> float:
+    def capacity(self) -> Capacity:
         import ray
 
-        return float(ray.cluster_resources().get("GPU", 0.0))
+        alive = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("GPU", 0) > 0]
+        try:  # per-node free GPUs: Ray has no public call for them (ray.available_resources() sums)
+            from ray._private.state import available_resources_per_node
+
+            avail = available_resources_per_node()
+            free = tuple(float(avail.get(n["NodeID"], {}).get("GPU", 0.0)) for n in alive)
+        except Exception:  # noqa: BLE001 - an internal API that moved: schedule on sums only
+            free = None
+        return Capacity(tuple(float(n["Resources"]["GPU"]) for n in alive), free)
 
     def nodes(self) -> list[dict[str, Any]]:
         import ray
@@ -204,8 +213,8 @@ class ThreadExecutor(Executor):
         self._cancelled.add(handle)
         handle.cancel()
 
-    def capacity(self) -> float:
-        return self.gpus
+    def capacity(self) -> Capacity:
+        return Capacity.of(self.gpus)
 
     def nodes(self) -> list[dict[str, Any]]:
         return [{"NodeID": self.NODE_ID, "Alive": True, "Resources": {"GPU": self.gpus}, "Labels": {}}]

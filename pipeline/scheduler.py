@@ -26,6 +26,45 @@ from typing import Any
 from pipeline.units import Unit, UnitState, UnitTracker
 
 
+@dataclass(frozen=True)
+class Capacity:
+    """The cluster's GPUs as the scheduler sees them: each alive node's GPUs and, where the
+    executor knows them, each node's free GPUs. A group (a training, a k-GPU TTT unit) runs on one
+    node (STRICT_PACK: NCCL over NVLink, never over RunPod's network), so it fits only where one
+    node holds it; `span` (cluster.groups_span_nodes) lets a group no node holds spread instead."""
+
+    nodes: tuple[float, ...] = ()
+    free: tuple[float, ...] | None = None  # same order as nodes; None: unknown (sums only)
+    span: bool = False
+
+    @classmethod
+    def of(cls, c: Capacity | float) -> Capacity:
+        """A bare number is one node of that many GPUs (a single host, fake units)."""
+        return c if isinstance(c, Capacity) else cls((float(c),) if c > 0 else ())
+
+    @property
+    def total(self) -> float:
+        return float(sum(self.nodes))
+
+    @property
+    def largest(self) -> float:
+        return max(self.nodes, default=0.0)
+
+    def packs(self, size: float) -> bool:
+        """Whether a unit of `size` GPUs runs on one node."""
+        return size > 1 and not (self.span and size > self.largest)
+
+    def fits(self, size: float) -> bool:
+        return size <= (self.largest if self.packs(size) else self.total)
+
+    def says(self, size: float) -> str:
+        """Why a unit of `size` GPUs does not fit, in the words of `pipeline status`."""
+        if self.packs(size) and size <= self.total:
+            return (f"the largest node has {self.largest:g} of the cluster's {self.total:g} (a group runs on one node;"
+                    " cluster.groups_span_nodes lets it spread)")
+        return f"the cluster has {self.total:g}"
+
+
 @dataclass
 class Attempt:
     """One running attempt of a unit."""
@@ -143,20 +182,36 @@ class Scheduler:
 
     # --- what starts next -------------------------------------------------------------------
 
-    def launches(self, capacity: float, now: float | None = None) -> list[Unit]:
-        """The PENDING units to start now on a cluster of `capacity` GPUs, given what runs."""
+    def launches(self, capacity: Capacity | float, now: float | None = None) -> list[Unit]:
+        """The PENDING units to start now on the cluster's GPUs (`capacity`), given what runs.
+        A group that packs starts only when one node has its GPUs free (where the executor knows
+        per-node free GPUs); until then the GPUs that free up gather for it."""
         self._due(time.monotonic() if now is None else now)
+        cap = Capacity.of(capacity)
+        spare = list(cap.free) if cap.free is not None else None
+
+        def room(size: float) -> bool:  # one node has `size` free GPUs: take them there (best fit)
+            if spare is None or not cap.packs(size):
+                return True
+            fit = [i for i, f in enumerate(spare) if f >= size]
+            if not fit:
+                return False
+            spare[min(fit, key=lambda i: spare[i])] -= size
+            return True
+
         out: list[Unit] = []
         train = self.busy["train"]
-        while (u := self._trains.top()) is not None and self.slots(u) <= capacity and (train == 0 or train + self.slots(u) <= capacity):
+        while (u := self._trains.top()) is not None and cap.fits(self.slots(u)) and (train == 0 or train + self.slots(u) <= cap.total):
+            if not room(self.slots(u)):
+                break
             out.append(self._trains.pop())
             train += self.slots(u)
-        free = max(capacity - train - self.busy["eval"], 0.0)
+        free = max(cap.total - train - self.busy["eval"], 0.0)
         for size in sorted(self._evals, reverse=True):
-            if size > capacity:
+            if not cap.fits(size):
                 continue  # never fits: waits for capacity without holding smaller units back
             q = self._evals[size]
-            while q.top() is not None and size <= free:
+            while q.top() is not None and size <= free and room(size):
                 out.append(q.pop())
                 free -= size
             if q.top() is not None:
@@ -174,16 +229,18 @@ class Scheduler:
     def has_pending(self) -> bool:
         return any(self._pending.values())
 
-    def launchable(self, capacity: float) -> bool:
+    def launchable(self, capacity: Capacity | float) -> bool:
         """Whether some PENDING unit fits the cluster (now, or once its backoff is over)."""
-        return any(units for size, units in self._pending.items() if size <= capacity)
+        cap = Capacity.of(capacity)
+        return any(units for size, units in self._pending.items() if cap.fits(size))
 
-    def too_big(self, capacity: float) -> Iterator[tuple[float, int, Unit]]:
+    def too_big(self, capacity: Capacity | float) -> Iterator[tuple[float, int, Unit]]:
         """(GPUs, how many, the first in launch order) of the PENDING units that need more GPUs
         than the cluster has, one entry per size: what waits costs a step per size, not per unit
         (a sweep whose pods all died has tens of thousands)."""
+        cap = Capacity.of(capacity)
         for size, units in self._pending.items():
-            if size > capacity and units:
+            if not cap.fits(size) and units:
                 queues = (self._trains, self._evals.get(size))
                 tops = [t for q in queues if q is not None and (t := q.top()) is not None and self.slots(t) == size]
                 yield size, len(units), min(tops) if tops else min(units)  # all backing off: rare, then a walk
@@ -229,12 +286,12 @@ class CapacityWaits:
         self.said: dict[str, float] = {}
         self.what: dict[str, str] = {}
 
-    def waiting(self, key: str, need: float, capacity: float, who: str | None = None, many: bool = False) -> bool:
+    def waiting(self, key: str, need: float, capacity: Capacity | float, who: str | None = None, many: bool = False) -> bool:
         """Record that `key` (said as `who`; `many`: a group of units) needs `need` GPUs now;
         True while it may still wait."""
         t = self.now()
         self.since.setdefault(key, t)
-        what = f"{who or key} wait{'' if many else 's'} for {need:g} GPUs; the cluster has {capacity:g}"
+        what = f"{who or key} wait{'' if many else 's'} for {need:g} GPUs; {Capacity.of(capacity).says(need)}"
         if self.record is not None and self.what.get(key) != what:
             self.record(key, what)
         self.what[key] = what

@@ -506,6 +506,10 @@ class ClusterSpec(_Strict):
     cpu_threads: int = Field(1, ge=1, description="torch threads per worker on CPU (fixed so results repeat bit for bit)")
     local: LocalCluster = LocalCluster()
     pricing: Pricing = Field(default_factory=lambda: Pricing(), description="price of nodes that do not carry their own (pod labels)")
+    groups_span_nodes: bool = Field(
+        False, description="a training or TTT group that no single node holds may spread over nodes (NCCL between "
+        "pods over their network: slow on RunPod); by default each group runs on one node (STRICT_PACK) and waits for one"
+    )
     idle_stop_min: float = Field(
         10.0, gt=0, description="a RunPod pod none of whose GPUs a unit used for this long is stopped (`pipeline pods "
         "watch`, README: Pods); the head pod only once every pod is idle"

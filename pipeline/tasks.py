@@ -20,8 +20,21 @@ from pipeline.spec import CampaignSpec, ScriptTrain
 from pipeline.store import Layout, Store, open_store
 from pipeline.units import Unit
 
+def group_placement(gpus: float, span: bool) -> str:
+    """How a group's workers are placed: all on one node (STRICT_PACK, NCCL over NVLink) unless no
+    alive node holds the group and the spec lets it spread (cluster.groups_span_nodes): then PACK,
+    as few nodes as Ray can. The driver starts a packed group only where one node holds it."""
+    if not span or gpus <= 1:
+        return "STRICT_PACK"
+    import ray
+
+    largest = max((n["Resources"].get("GPU", 0.0) for n in ray.nodes() if n["Alive"]), default=0.0)
+    return "STRICT_PACK" if largest >= gpus else "PACK"
+
+
 def fit_group(
     name: str, loop: Callable, config: dict, workers: int, gpus_per_worker: float, accelerator: str, store: Store, error_key: str,
+    placement: str = "STRICT_PACK",
 ) -> None:
     """A Ray Train worker group running `loop` (NCCL on cuda, gloo on cpu) until it ends; no
     restarts inside (max_failures=0): a dead or failing rank ends the group at once and the
@@ -44,6 +57,7 @@ def fit_group(
             num_workers=workers,
             use_gpu=use_gpu,
             resources_per_worker={"GPU": gpus_per_worker} if use_gpu else {"CPU": 1},
+            placement_strategy=placement,
         ),
         torch_config=TorchConfig(backend="nccl" if accelerator == "cuda" else "gloo"),
         run_config=RunConfig(
@@ -87,7 +101,7 @@ def _train_group_loop(config: dict) -> None:
 
     spec = CampaignSpec.model_validate(config["spec"])
     rank = ray.train.get_context().get_world_rank()
-    _place(spec, config["store_uri"], config["run_id"], Unit.train(config["seed"]), config["attempt"], rank=rank)
+    _place(spec, config["store_uri"], config["run_id"], Unit.train(config["seed"]), config["attempt"], rank=rank, placement=config.get("placement"))
     (script_train_loop if isinstance(spec.train, ScriptTrain) else ray_train_loop)(config)
 
 
@@ -101,9 +115,10 @@ def train_unit(spec_json: dict, seed: int, store_uri: str, context: dict, run_id
     # A script's ranks rendezvous on their own (NCCL in the script); the group around them only
     # exchanges addresses, over gloo, and never touches a GPU.
     backend = "cpu" if isinstance(t, ScriptTrain) else spec.cluster.accelerator
+    config["placement"] = group_placement(t.world_size * t.gpus_per_worker, spec.cluster.groups_span_nodes)
     fit_group(
         f"{spec.name}-seed{seed}", _train_group_loop, config, t.world_size, t.gpus_per_worker, backend,
-        store, layout.train_error(seed, attempt),
+        store, layout.train_error(seed, attempt), config["placement"],
     )
     return store.get_json(layout.manifest(seed))["train"]
 
@@ -141,7 +156,7 @@ def _eval_group_loop(config: dict) -> None:
     spec = CampaignSpec.model_validate(config["spec"])
     seed, recipe, shard, store_uri, attempt = (config[k] for k in ("seed", "recipe", "shard", "store_uri", "attempt"))
     group = Group.of_ray_train(spec.cluster)
-    _place(spec, store_uri, config["run_id"], Unit.eval(seed, recipe, shard), attempt, rank=group.rank)
+    _place(spec, store_uri, config["run_id"], Unit.eval(seed, recipe, shard), attempt, rank=group.rank, placement=config.get("placement"))
     try:
         run_shard(spec, seed, recipe, store_uri, shard, group=group, attempt=attempt)
     except APP_ERRORS as e:
@@ -157,8 +172,10 @@ def eval_group_unit(spec_json: dict, seed: int, recipe: str, store_uri: str, sha
     spec = CampaignSpec.model_validate(spec_json)
     store, layout = open_store(store_uri), Layout(spec.name)
     config = {"spec": spec_json, "seed": seed, "recipe": recipe, "shard": shard, "store_uri": store_uri, "run_id": run_id, "attempt": attempt}
+    gpus = spec.eval_recipe(recipe).gpus
+    config["placement"] = group_placement(gpus, spec.cluster.groups_span_nodes)
     fit_group(
-        f"{spec.name}-seed{seed}-{recipe}", _eval_group_loop, config, spec.eval_recipe(recipe).gpus, 1,
-        spec.cluster.accelerator, store, layout.shard_error(seed, recipe, shard, attempt),
+        f"{spec.name}-seed{seed}-{recipe}", _eval_group_loop, config, gpus, 1,
+        spec.cluster.accelerator, store, layout.shard_error(seed, recipe, shard, attempt), config["placement"],
     )
     return store.get_json(layout.shard_done(seed, recipe, shard))

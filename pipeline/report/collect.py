@@ -10,7 +10,7 @@ stop rule's confidence sequence, a TTT prefix has none. Means and stds are over 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pipeline.ledger import Ledger
@@ -18,7 +18,7 @@ from pipeline.progress.cost import CostReport
 from pipeline.progress.stopping import estimate_key
 from pipeline.progress.view import EvalStatus, campaign_status
 from pipeline.report.baseline import Baseline
-from pipeline.report.provenance import AttemptProvenance, Stacks, collect_provenance, compare_stacks
+from pipeline.report.provenance import AttemptProvenance, Stacks, collect_provenance, compare_stacks, spanned_groups
 from pipeline.report.stats import Spread, TTest, spread, test_less
 from pipeline.report.timeline import Timeline, timeline
 from pipeline.report.trajectory import Trajectory, trajectory, windows_per_batch
@@ -181,7 +181,7 @@ def build_report(spec: CampaignSpec, store: Store, baseline: Baseline | None = N
         spec.name, store.uri, now, list(spec.seeds), spec.fingerprint(), campaign.get("fingerprint"),
         {k: data.get(k) for k in ("shards", "tokenizer", "val_tokens") if k in data},
         recipes, trains, status.cost, timeline(status.cost.attempts, flushes, total_batches, now), attempts,
-        compare_stacks(attempts), commands, baseline,
+        replace(compare_stacks(attempts), spans=spanned_groups(events)), commands, baseline,
     )
 
 

@@ -123,6 +123,9 @@ def _provenance(report: Report) -> list[str]:
         out += ["**The seeds did not all run on the same software stack:**", ""] + [f"- {d}" for d in st.differences] + [""]
     elif st.stacks:
         out += ["Every seed ran each role (training, each recipe) on the same software stack.", ""]
+    if st.spans:
+        out += ["**Groups that ran over several nodes** (`cluster.groups_span_nodes`: NCCL between pods):", ""]
+        out += [f"- {g}" for g in st.spans] + [""]
     if st.unrecorded:
         out += [f"Provenance not recorded for: {', '.join(st.unrecorded)} (written before attempts recorded it).", ""]
     fields = ["python", "torch", "cuda", "cudnn", "nccl", "flash_attn", "ray", "gpus", "gpu_driver", "image", "code_sha256", "packages_sha256"]

@@ -7,7 +7,7 @@ carries it too, with the keys of its package list and `nvidia-smi -q` in the sto
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pipeline.spec import CampaignSpec
@@ -79,9 +79,24 @@ class Stacks:
     by_seed: dict[int, dict[str, list[int]]]  # seed → role ("train" or a recipe) → its stacks
     differences: list[str]  # one line per role and field where seeds ran on different values
     unrecorded: list[str]  # committed units whose provenance was not recorded
+    spans: list[str] = field(default_factory=list)  # group attempts whose ranks ran on more than one node
 
     def as_dict(self) -> dict[str, Any]:
-        return {"stacks": self.stacks, "by_seed": {str(k): v for k, v in self.by_seed.items()}, "differences": self.differences, "unrecorded": self.unrecorded}
+        return {"stacks": self.stacks, "by_seed": {str(k): v for k, v in self.by_seed.items()}, "differences": self.differences,
+                "unrecorded": self.unrecorded, "spans": self.spans}
+
+
+def spanned_groups(events: list[dict[str, Any]]) -> list[str]:
+    """One line per group attempt (a training, a k-GPU TTT unit) whose ranks ran on several nodes:
+    only where cluster.groups_span_nodes let it, and its NCCL then crossed the pods' network."""
+    nodes: dict[tuple[str, str], dict[int, str]] = {}
+    for e in events:
+        if e.get("event") == "placed" and e.get("attempt") and e.get("rank") is not None and e.get("node_id"):
+            nodes.setdefault((e["unit"], e["attempt"]), {})[e["rank"]] = e["node_id"]
+    return [
+        f"{unit} (attempt {attempt}): {len(ranks)} ranks on {len(set(ranks.values()))} nodes"
+        for (unit, attempt), ranks in sorted(nodes.items()) if len(set(ranks.values())) > 1
+    ]
 
 
 def _role(unit: str) -> str:

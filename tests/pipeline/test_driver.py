@@ -160,6 +160,59 @@ def test_scheduler_trains_first_and_retry_backoff():
     assert sched.launches(16, now=later) == []  # launched once, not twice; shards wait for the GPUs
 
 
+def test_groups_run_on_one_node_and_gpus_gather_on_a_node_for_them():
+    """Capacity per node: an 8-GPU training on 1×8 + 4×1 GPUs fits only the 8-GPU node; on 2×4 it
+    waits, saying why (unless cluster.groups_span_nodes); a 4-GPU TTT unit starts only when one
+    node has 4 free, and 1-GPU shards do not take the GPUs that gather for it."""
+    from pipeline.scheduler import Capacity
+
+    train, ttt = Unit.train(1), Unit.eval(1, "ttt4", 0)
+    shards = [Unit.eval(1, "slot", k) for k in range(6)]
+    gpus = {"train": 8, "ttt4": 4, "slot": 1}
+
+    def sched(units):
+        s = Scheduler(lambda u: gpus["train" if u.kind == "train" else u.recipe])
+        for u in units:
+            s.add(u, UnitState.PENDING)
+        return s
+
+    two_fours = Capacity((4.0, 4.0))
+    assert sched([train]).launches(two_fours) == [] and not sched([train]).launchable(two_fours)
+    assert list(sched([train]).too_big(two_fours)) == [(8, 1, train)]
+    assert two_fours.says(8) == ("the largest node has 4 of the cluster's 8 (a group runs on one node; "
+                                 "cluster.groups_span_nodes lets it spread)")
+    assert Capacity((4.0, 4.0)).says(1) == "the cluster has 8" and Capacity((4.0,)).says(8) == "the cluster has 4"
+    assert sched([train]).launches(Capacity((4.0, 4.0), span=True)) == [train]  # allowed to spread
+    assert sched([train]).launches(Capacity((8.0, 1.0, 1.0, 1.0, 1.0))) == [train]
+    assert sched([train]).launches(8) == [train]  # a bare number is one node
+    # per-node free GPUs (4 shards run, 2 on each node): 4 free but 2 + 2 → the TTT unit gathers,
+    # no shard jumps ahead; once one node has 4 free it starts and a shard takes the last GPU
+    def running(units, busy):
+        held = [Unit.eval(9, "slot", k) for k in range(busy)]
+        s = sched(held + units)
+        for k, u in enumerate(held):
+            s.started(("busy", k), Attempt(u, "a", 0.0, 1.0))
+        return s
+
+    assert running([ttt] + shards, 4).launches(Capacity((4.0, 4.0), free=(2.0, 2.0))) == []
+    assert running([ttt] + shards, 3).launches(Capacity((4.0, 4.0), free=(4.0, 1.0))) == [ttt] + shards[:1]
+    assert running(shards, 4).launches(Capacity((4.0, 4.0), free=(2.0, 2.0))) == shards[:4]  # 1-GPU shards go anywhere
+
+
+def test_spanned_groups_are_named_in_the_report():
+    from pipeline.report.provenance import spanned_groups
+
+    ev = [{"event": "placed", "unit": "train/1", "attempt": "a", "rank": r, "node_id": n} for r, n in enumerate("xxyy")]
+    ev += [{"event": "placed", "unit": "train/2", "attempt": "b", "rank": r, "node_id": "z"} for r in range(4)]
+    assert spanned_groups(ev) == ["train/1 (attempt a): 4 ranks on 2 nodes"]
+
+
+def test_group_placement_is_strict_pack_unless_spreading_is_allowed():
+    from pipeline.tasks import group_placement
+
+    assert group_placement(8, span=False) == "STRICT_PACK" and group_placement(1, span=True) == "STRICT_PACK"
+
+
 def test_state_machine():
     t = UnitTracker()
     u = Unit.eval(1, "sw")

@@ -189,6 +189,11 @@ def test_node_dies_under_a_training_worker(ray_cluster, data_dir, tmp_path):
     assert assert_done_units_never_restarted(spec)["train/1"] == 2  # the driver restarted the group, from the checkpoint
     interrupted = [e for e in events(spec) if e.get("unit") == "train/1" and e.get("state") == "INTERRUPTED"]
     assert [e["kind"] for e in interrupted] == ["node-death"]
+    nodes: dict[str, set] = {}  # each attempt's ranks on one node (STRICT_PACK), the retry on another
+    for e in events(spec):
+        if e.get("event") == "placed" and e.get("unit") == "train/1":
+            nodes.setdefault(e["attempt"], set()).add(e["node_id"])
+    assert len(nodes) == 2 and all(len(n) == 1 for n in nodes.values()) and len(set.union(*nodes.values())) == 2
     ray_cluster.add_node(num_cpus=2, num_gpus=2)
     ray_cluster.wait_for_nodes()
 
