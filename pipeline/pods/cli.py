@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -194,7 +195,10 @@ def cmd_ssh(args) -> int:
         print(f"ssh{key} -p {t.port} {t.user}@{t.host}")
         return 0
     with SSH(t, log=lambda m: print(m, file=sys.stderr)) as s:
-        code, _ = s.run(" ".join(command), out=lambda line: print(line, flush=True), timeout_s=args.timeout)
+        # One argument is a command line for the pod's shell (`-- 'cd x && make'`); several are
+        # argv, each kept whole as the user quoted it (`-- ls 'my dir'`), as ssh itself does not.
+        line = command[0] if len(command) == 1 else shlex.join(command)
+        code, _ = s.run(line, out=lambda line: print(line, flush=True), timeout_s=args.timeout)
     return code
 
 

@@ -87,8 +87,10 @@ def test_api_errors_are_one_line_exit_2_without_the_key(runpod, capsys, monkeypa
 def test_ssh_runs_a_command_streaming_its_output_and_exit_status(runpod, sshd, capsys, tmp_path):
     a = runpod.add_pod(ssh=("127.0.0.1", sshd.port))
     flags = ["--key", str(sshd.client_key), "--known-hosts", str(sshd.known_hosts(tmp_path / "kh"))]
-    code, out, _ = run(capsys, "ssh", *flags, a, "--", "echo", "hello;", "exit", "5")
+    code, out, _ = run(capsys, "ssh", *flags, a, "--", "echo hello; exit 5")  # one argument: a shell command line
     assert code == 5 and out == "hello\n"
+    code, out, _ = run(capsys, "ssh", *flags, a, "--", "printf", "[%s]\\n", "two words", "it's", "$HOME;", "exit", "5")
+    assert code == 0 and out == "[two words]\n[it's]\n[$HOME;]\n[exit]\n[5]\n"  # several: each kept as quoted
     assert run(capsys, "ssh", *flags, a)[1] == f"ssh -i {sshd.client_key} -p {sshd.port} root@127.0.0.1\n"
     code, _, err = run(capsys, "ssh", "--key", str(sshd.client_key), "--known-hosts", str(tmp_path / "empty"), a, "true")
     assert code == 2 and "unknown host key" in err and err.count("\n") == 1
