@@ -150,7 +150,7 @@ def cmd_up(args) -> int:
     from pipeline.pods.pod import cluster_prefix
 
     cfg = _pod_config(args)
-    prefix = cluster_prefix(_cluster_name(args, "pods up"))  # how watch and the driver know the cluster's pods
+    prefix = cluster_prefix(_cluster_name(args, "pods up"))  # how `pods watch` knows the cluster's pods
     client = _client()
     for i in range(args.count):
         name = prefix + (args.name if args.count == 1 else f"{args.name}-{i}")
