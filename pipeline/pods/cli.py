@@ -196,7 +196,7 @@ def cmd_ssh(args) -> int:
         return 0
     with SSH(t, log=lambda m: print(m, file=sys.stderr)) as s:
         # One argument is a command line for the pod's shell (`-- 'cd x && make'`); several are
-        # argv, each kept whole as the user quoted it (`-- ls 'my dir'`), as ssh itself does not.
+        # argv, each kept whole as the user quoted it (`-- ls 'my dir'`; ssh would join them with spaces).
         line = command[0] if len(command) == 1 else shlex.join(command)
         code, _ = s.run(line, out=lambda line: print(line, flush=True), timeout_s=args.timeout)
     return code
