@@ -104,7 +104,7 @@ def test_watch_once_reports_the_clusters_pods_and_names_the_ones_it_leaves_alone
     code, out, _ = run(capsys, "watch", "--once")
     # without --ray a RUNNING pod is RunPod's word: alive; nothing is stopped or terminated
     assert code == 0 and f"{a}: alive" in out and "no idle stops" in out and f"{b}: dead (RunPod status DEAD)" in out
-    assert f"leaving 3 pod(s) alone: " in out and f"not in this cluster: {theirs}" in out and theirs + ":" not in out
+    assert "leaving 3 pod(s) alone: " in out and f"not in this cluster: {theirs}" in out and theirs + ":" not in out
     code, _, err = run(capsys, "watch", "--once", "--terminate-dead")
     assert code == 2 and err == "error: pods watch: --terminate-dead needs --ray ADDRESS: a pod is terminated only once its Ray node is gone too\n"
     assert len(runpod.pods) == 3 and runpod.ops().count("podTerminate") == runpod.ops().count("podStop") == 0
