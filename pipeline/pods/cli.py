@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -95,18 +96,42 @@ def cmd_cost(args) -> int:
     return 0
 
 
-def _pod_config(args):
+def _cluster_doc(path: Path) -> dict:
     import yaml
 
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except OSError as e:
+        raise FileNotFoundError(f"{path}: cannot read: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: not a cluster config (a mapping with cluster_name, available_node_types)")
+    return doc
+
+
+def _cluster_name(args, what: str) -> str:
+    """The cluster whose pods this command rents or acts on: --cluster, else cluster_name of
+    --cluster-config (its pods are named `ray-<cluster>-...`, README: Pods)."""
+    name = args.cluster
+    if not name:
+        path = Path(args.cluster_config)
+        if not path.is_file():
+            raise ValueError(f"{what}: give --cluster NAME (pods are named ray-NAME-...), or a --cluster-config with cluster_name ({path} does not exist)")
+        name = _cluster_doc(path).get("cluster_name")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{path}: cluster_name: missing; or give --cluster NAME")
+    if any(c.isspace() for c in name):
+        raise ValueError(f"{what}: --cluster {name!r}: no spaces in a cluster name")
+    return name
+
+
+def _pod_config(args):
     from pipeline.spec import parse_pod_config
 
     if args.type:
         path = Path(args.cluster_config)
-        try:
-            doc = yaml.safe_load(path.read_text()) or {}
-        except OSError as e:
-            raise FileNotFoundError(f"{path}: cannot read: {e.strerror}") from None
-        types = doc.get("available_node_types") or {}
+        types = _cluster_doc(path).get("available_node_types") or {}
         if args.type not in types:
             raise ValueError(f"{path}: available_node_types: no node type {args.type!r} (have {', '.join(types) or 'none'})")
         return parse_pod_config(types[args.type].get("node_config"), f"{path}: available_node_types.{args.type}.node_config")
@@ -122,10 +147,13 @@ def _pod_config(args):
 
 
 def cmd_up(args) -> int:
+    from pipeline.pods.pod import cluster_prefix
+
     cfg = _pod_config(args)
+    prefix = cluster_prefix(_cluster_name(args, "pods up"))  # how `pods watch` knows the cluster's pods
     client = _client()
     for i in range(args.count):
-        name = args.name if args.count == 1 else f"{args.name}-{i}"
+        name = prefix + (args.name if args.count == 1 else f"{args.name}-{i}")
         pod = client.create_pod(cfg, name)
         print(f"{pod.id}: {name}, {cfg.gpu_count}× {cfg.gpu_type_id}, ${pod.cost_per_hr:.2f}/h, RunPod {pod.status or 'created'}")
     print("next: `pipeline pods list` until it is RUNNING with an ssh address, then `pipeline pods bootstrap POD --head ...`")
@@ -167,7 +195,10 @@ def cmd_ssh(args) -> int:
         print(f"ssh{key} -p {t.port} {t.user}@{t.host}")
         return 0
     with SSH(t, log=lambda m: print(m, file=sys.stderr)) as s:
-        code, _ = s.run(" ".join(command), out=lambda line: print(line, flush=True), timeout_s=args.timeout)
+        # One argument is a command line for the pod's shell (`-- 'cd x && make'`); several are
+        # argv, each kept whole as the user quoted it (`-- ls 'my dir'`; ssh would join them with spaces).
+        line = command[0] if len(command) == 1 else shlex.join(command)
+        code, _ = s.run(line, out=lambda line: print(line, flush=True), timeout_s=args.timeout)
     return code
 
 
@@ -210,36 +241,48 @@ def cmd_labels(args) -> int:
 
 
 def cmd_watch(args) -> int:
-    from pipeline.pods.health import Verdict, pod_health
+    from pipeline.pods.client import RunPodError
+    from pipeline.pods.health import DeadGrace, DeathWatch
     from pipeline.pods.idle import IdleStopper
+    from pipeline.pods.watch import ClusterScope, PodWatch
 
+    if args.dead_looks < 1 or args.dead_grace_min < 0:
+        raise ValueError(f"pods watch: --dead-looks {args.dead_looks} / --dead-grace-min {args.dead_grace_min:g}: need at least 1 look and 0 or more minutes")
+    if args.terminate_dead and not args.ray:
+        raise ValueError("pods watch: --terminate-dead needs --ray ADDRESS: a pod is terminated only once its Ray node is gone too")
     idle_min = args.idle_stop_min
     if idle_min is None and args.spec:
         from pipeline.spec import load_spec
 
         idle_min = load_spec(args.spec).cluster.idle_stop_min
+    scope = ClusterScope(_cluster_name(args, "pods watch"))
     client = _client()
     stopper = IdleStopper(client, idle_min if idle_min is not None else 10.0, head_pod_id=args.head_pod, log=print)
-    probe = _ssh_probe(args) if args.ssh else None
-    last: dict[str, str] = {}
-    if not args.ray:
-        print("no --ray: health from RunPod alone, and no idle stops (which GPUs units hold is Ray's to say)", flush=True)
+    grace = DeadGrace(args.dead_looks, args.dead_grace_min * 60.0)
+    deaths = DeathWatch(grace) if args.terminate_dead else None
+    watch = PodWatch(client, scope, stopper, deaths, _ssh_probe(args) if args.ssh else None, log=lambda m: print(m, flush=True))
+    print(
+        f"watching the pods named {scope.prefix}* that are in this Ray cluster"
+        + (f"; terminating the dead ones after {grace}" if deaths else "")
+        if args.ray else "no --ray: health from RunPod alone, and no idle stops (which GPUs units hold is Ray's to say)",
+        flush=True,
+    )  # fmt: skip
     while True:
-        pods = client.list_pods()
-        nodes = _ray_view(args.ray)  # None without --ray: not "Ray lists no pods"
-        for p in pods:
-            h = pod_health(p, nodes, probe)
-            if last.get(p.id) != h.verdict.value:
-                print(f"{p.id}: {h.verdict.value} ({h.reason})", flush=True)
-                last[p.id] = h.verdict.value
-            if h.verdict is Verdict.DEAD and args.terminate_dead and p.state.name != "STOPPED":
-                client.terminate_pod(p.id)
-                print(f"{p.id}: terminated (dead)")
-        if nodes is not None:
-            stopper.tick(pods, nodes)
+        try:
+            pods = client.list_pods()
+            watch.look(pods, _ray_view(args.ray))  # None without --ray: not "Ray lists no pods"
+        except RunPodError as e:
+            if args.once:
+                raise
+            print(f"{e}: nothing stopped or terminated at this look; looking again in {args.interval:g} s", flush=True)
         if args.once:
             return 0
         time.sleep(args.interval)
+
+
+def _cluster_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cluster", help="cluster name: its pods are named ray-CLUSTER-... (default: cluster_name of --cluster-config)")
+    p.add_argument("--cluster-config", default="cluster.yaml")
 
 
 def _ssh_flags(p: argparse.ArgumentParser) -> None:
@@ -266,9 +309,9 @@ def add_pods_parser(sub) -> None:
     p.set_defaults(pods_func=cmd_cost)
 
     p = ps.add_parser("up", help="rent on-demand pods: a node type of cluster.yaml, or flags")
-    p.add_argument("--name", required=True)
+    p.add_argument("--name", required=True, help="the pod is named ray-CLUSTER-NAME (NAME-i for --count > 1)")
     p.add_argument("--type", help="node type in --cluster-config (e.g. train_8xh100, eval_1xh100)")
-    p.add_argument("--cluster-config", default="cluster.yaml")
+    _cluster_flags(p)
     p.add_argument("--count", type=int, default=1)
     p.add_argument("--gpu-type", help="RunPod GPU type id, e.g. 'NVIDIA H100 80GB HBM3'")
     p.add_argument("--gpu-count", type=int, default=1)
@@ -316,12 +359,15 @@ def add_pods_parser(sub) -> None:
     p = ps.add_parser("labels", help="print the Ray labels of the pod this runs on (for ray start --labels)")
     p.set_defaults(pods_func=cmd_labels)
 
-    p = ps.add_parser("watch", help="report pod health changes and stop pods idle for idle_stop_min")
-    p.add_argument("--ray", metavar="ADDRESS", help="the campaign's Ray cluster (which pods' GPUs are in use)")
+    p = ps.add_parser("watch", help="report the cluster's pods' health changes, stop its pods idle for idle_stop_min; other pods are left alone")
+    p.add_argument("--ray", metavar="ADDRESS", help="the campaign's Ray cluster (which pods are in it, which GPUs are in use)")
+    _cluster_flags(p)
     p.add_argument("--spec", help="campaign file whose cluster.idle_stop_min to use")
     p.add_argument("--idle-stop-min", type=float, help="minutes (default: the spec's, else 10)")
     p.add_argument("--head-pod", help="the pod running the Ray head: stopped only when every pod is idle")
-    p.add_argument("--terminate-dead", action="store_true", help="terminate pods found dead (not stopped ones)")
+    p.add_argument("--terminate-dead", action="store_true", help="terminate pods dead at every look over the grace period (never stopped or unknown ones; needs --ray)")
+    p.add_argument("--dead-looks", type=int, default=3, help="looks in a row a pod must be seen dead (default 3)")
+    p.add_argument("--dead-grace-min", type=float, default=5.0, help="minutes from the first of them, at least (default 5)")
     p.add_argument("--ssh", action="store_true", help="probe SSH of running pods Ray does not list")
     p.add_argument("--interval", type=float, default=30.0)
     p.add_argument("--once", action="store_true", help="one look, then exit")

@@ -3,8 +3,9 @@
 GraphQL is RunPod's stable API (REST v1 is being retired, v2 is in beta). The key goes in a bearer
 header, never in the URL, so no proxy or access log can carry it, and it is scrubbed from anything
 the server sends back before that becomes an error message. Every failure is one RunPodError line:
-401/403 (the key), 429 (retried with backoff, honouring Retry-After), 5xx (retried for calls that
-can be repeated; never for a create, which could rent a second pod), GraphQL `errors`, timeouts.
+401/403 (the key), 429 (retried with backoff, honouring Retry-After), 5xx and timeouts (retried;
+a create that got no answer may have rented the pod, so it is looked up by name before the create
+is sent again), GraphQL `errors`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ _POD_FIELDS = """
 
 class RunPodError(RuntimeError):
     """A RunPod API call failed; `str(err)` is one line without the key."""
+
+
+class _NoAnswer(RunPodError):
+    """A call that must not simply be repeated got no clear answer (timeout, 5xx): it may have happened."""
 
 
 class RunPodClient:
@@ -106,7 +111,24 @@ class RunPodClient:
             "mutation podFindAndDeployOnDemand($input: PodFindAndDeployOnDemandInput) "
             f"{{ podFindAndDeployOnDemand(input: $input) {{ {_POD_FIELDS} }} }}"
         )
-        d = self._call("podFindAndDeployOnDemand", q, {"input": inp}, repeatable=False).get("podFindAndDeployOnDemand")
+        op = "podFindAndDeployOnDemand"
+        before = {p.id for p in self.list_pods() if p.name == name}  # same-named pods that are not this create's
+        delay = self.backoff_s
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                d = self._call(op, q, {"input": inp}, repeatable=False).get(op)
+                break
+            except _NoAnswer as e:
+                try:  # the create may have rented it all the same: never rent a second one
+                    rented = [p for p in self.list_pods() if p.name == name and p.id not in before]
+                except RunPodError as look:
+                    raise RunPodError(f"{e}; it may have rented a pod named {name}, and looking failed ({look}): `pipeline pods list`") from None
+                if rented:
+                    return rented[0]
+                if attempt == self.max_attempts:
+                    raise RunPodError(f"{e} (after {attempt} attempts; no pod named {name} was rented)") from None
+                self._sleep(delay)
+                delay = min(delay * 2, 60.0)
         if not d or not d.get("id"):  # RunPod answers null when no machine has the GPUs
             raise RunPodError(
                 f"RunPod API: podFindAndDeployOnDemand: no pod with {cfg.gpu_count}× {cfg.gpu_type_id} "
@@ -164,6 +186,8 @@ class RunPodClient:
                     wait = delay
             else:
                 return self._data(op, payload)
+            if wait is None and not repeatable:  # a 5xx or a timeout: it may have happened
+                raise _NoAnswer(f"RunPod API: {op}: {what}")
             if wait is None or attempt == self.max_attempts:
                 tries = f" (after {attempt} attempts)" if attempt > 1 else ""
                 raise RunPodError(f"RunPod API: {op}: {what}{tries}")

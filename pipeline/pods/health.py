@@ -10,12 +10,12 @@ verdict per pod; `pod_health` is the function a status view calls.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from pipeline.progress.pricing import LABEL_POD_ID
 from pipeline.pods.pod import Pod, PodState
-
 
 
 class Verdict(str, enum.Enum):
@@ -84,3 +84,34 @@ def pod_health(pod: Pod, ray_nodes: Mapping[str, RayNode] | None, ssh_probe: Cal
     if err:
         return PodHealth(pod.id, Verdict.DEAD, f"RunPod RUNNING but {in_ray} and SSH fails: {err}")
     return PodHealth(pod.id, Verdict.NOT_JOINED, f"SSH answers, {in_ray}: `pipeline pods bootstrap {pod.id}`")
+
+
+@dataclass(frozen=True)
+class DeadGrace:
+    """How long a death must be seen before a pod is terminated (its volume goes with it): at
+    `looks` looks in a row that span at least `min_s`. One look can be wrong (an API hiccup, a node
+    restarting its Ray, an SSH timeout); a pod that is still dead five minutes later is not coming back."""
+
+    looks: int = 3
+    min_s: float = 300.0
+
+    def __str__(self) -> str:
+        return f"{self.looks} looks over >= {self.min_s / 60:g} min"
+
+
+class DeathWatch:
+    """Counts, per pod, the looks in a row at which it was seen dead; any look that does not see it
+    dead starts it over."""
+
+    def __init__(self, grace: DeadGrace = DeadGrace(), clock: Callable[[], float] = time.monotonic) -> None:
+        self.grace, self.clock = grace, clock
+        self.seen: dict[str, tuple[float, int]] = {}  # pod id -> (first seen dead, looks in a row)
+
+    def look(self, dead: Iterable[str]) -> list[str]:
+        """One look: `dead` is every pod seen dead now. Returns those dead for the whole grace period."""
+        now, dead = self.clock(), set(dead)
+        self.seen = {i: (self.seen[i][0], self.seen[i][1] + 1) if i in self.seen else (now, 1) for i in dead}
+        return sorted(i for i, (first, n) in self.seen.items() if n >= self.grace.looks and now - first >= self.grace.min_s)
+
+    def forget(self, pod_id: str) -> None:
+        self.seen.pop(pod_id, None)

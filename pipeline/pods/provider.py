@@ -1,13 +1,17 @@
 """Ray cluster launcher node provider on RunPod (`provider: {type: external, module:
 pipeline.pods.provider.RunPodNodeProvider}` in cluster.yaml).
 
-A cluster's pods are the account's pods named `ray-<cluster>-...`. The tags Ray sets when it
-creates a node travel in the pod's env (PIPELINE_RAY_TAGS), so they survive the autoscaler
-restarting; the tags it changes later (node status, config hashes) are kept in a versioned file
-beside it. Only pods RunPod reports STARTING or RUNNING are non-terminated; a pod that stopped,
-died or says something unknown is gone for Ray, so the autoscaler launches a replacement, and the
-provider terminates its stopped or dead ones (it cannot rejoin: its Ray node is gone with its
-container). SSH goes to the public port RunPod maps to port 22.
+A cluster's pods are the account's pods named `ray-<cluster>-...` (pod.cluster_prefix); no other
+pod is listed or touched. The tags Ray sets when it creates a node travel in the pod's env
+(PIPELINE_RAY_TAGS), so they survive the autoscaler restarting; the tags it changes later (node
+status, config hashes) are kept in a versioned file beside it. Only pods RunPod reports STARTING or
+RUNNING are non-terminated; a pod that stopped, died or says something unknown is not part of the
+cluster for Ray, so the autoscaler launches a replacement. A stopped pod is never terminated here:
+it keeps its volume until the user resumes or ends it (`pipeline pods resume`/`terminate`). A pod
+RunPod calls DEAD at every look over a grace period (health.DeadGrace: its container is gone, and
+its Ray node with it) is terminated so its volume stops billing; an unknown status never is. The
+autoscaler's own terminate_node ends what it chose to end. SSH goes to the public port RunPod maps
+to port 22.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from ray.autoscaler._private.command_runner import SSHCommandRunner
 from ray.autoscaler.node_provider import NodeProvider
 
 from pipeline.pods.client import RunPodClient, RunPodError
-from pipeline.pods.pod import Pod, PodState
+from pipeline.pods.health import DeadGrace, DeathWatch
+from pipeline.pods.pod import Pod, PodState, cluster_prefix
 from pipeline.spec import SpecError, parse_pod_config
 
 TAGS_VERSION = 1
@@ -32,10 +37,14 @@ _CACHE_S = 5.0  # the autoscaler asks many times per update; one list call serve
 
 
 class RunPodNodeProvider(NodeProvider):
-    def __init__(self, provider_config: dict[str, Any], cluster_name: str, client: RunPodClient | None = None) -> None:
+    def __init__(
+        self, provider_config: dict[str, Any], cluster_name: str, client: RunPodClient | None = None,
+        dead_grace: DeadGrace = DeadGrace(), clock=time.monotonic,
+    ) -> None:  # fmt: skip
         super().__init__(provider_config, cluster_name)
         self.client = client or RunPodClient.from_env()
-        self.prefix = f"ray-{cluster_name}-"
+        self.prefix = cluster_prefix(cluster_name)
+        self.deaths = DeathWatch(dead_grace, clock)
         cache = Path(os.environ.get("PIPELINE_CACHE_DIR") or "~/.cache/pipeline").expanduser()
         self.tags_path = Path(provider_config.get("tags_file") or cache / f"runpod-{cluster_name}-tags.json").expanduser()
         self._lock = threading.RLock()
@@ -49,12 +58,13 @@ class RunPodNodeProvider(NodeProvider):
         with self._lock:
             if force or time.monotonic() - self._listed_at > _CACHE_S:
                 pods = {p.id: p for p in self.client.list_pods() if p.name.startswith(self.prefix)}
-                for p in pods.values():
-                    if p.state in (PodState.STOPPED, PodState.DEAD):
-                        try:  # it cannot rejoin; the autoscaler replaces it
-                            self.client.terminate_pod(p.id)
-                        except RunPodError:
-                            pass  # next refresh tries again
+                # Stopped pods are left as they are (their volume stays); dead ones only after the grace.
+                for pid in self.deaths.look(i for i, p in pods.items() if p.state is PodState.DEAD):
+                    try:
+                        self.client.terminate_pod(pid)
+                        self.deaths.forget(pid)
+                    except RunPodError:
+                        pass  # still dead at the next refresh: tried again
                 self._pods = {i: p for i, p in pods.items() if p.state.usable}
                 self._listed_at = time.monotonic()
             return self._pods

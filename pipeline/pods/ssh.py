@@ -4,6 +4,11 @@ Host keys are checked against a known_hosts file. A host that is not in it is re
 caller asked for trust on first use (`trust_new`), which appends the key to that file, so the next
 connection checks it. A pod reached on a public port that another pod used before shows up as a
 changed key: that is refused too, naming the line to remove. Every failure is one SSHError line.
+
+A pod can vanish mid-command (RunPod recycles on-demand pods) without closing the connection: its
+packets just stop. Keepalives (paramiko's, every `keepalive_s`, so idle NATs keep the connection)
+and, while a command is quiet that long, a request the server must answer (a channel open, bounded
+by `keepalive_s`) turn that into one line instead of a wait with no end.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ class SSHTarget:
     known_hosts: Path | None = None  # None: default_known_hosts()
     trust_new: bool = False
     timeout_s: float = 20.0
+    keepalive_s: float = 15.0  # a pod that answers nothing for about twice this is gone
 
     def __str__(self) -> str:
         return f"{self.user}@{self.host}:{self.port}"
@@ -141,6 +147,7 @@ class SSH:
             if "banner" in msg or "No existing session" in msg:  # a port that accepts but does not speak SSH in time
                 msg = f"no SSH answer within {t.timeout_s:g}s (the pod's SSH server still starting, or not SSH on that port)"
             raise SSHError(f"ssh {t}: {msg}") from None
+        client.get_transport().set_keepalive(max(1, round(t.keepalive_s)))
         self._client = client
 
     @property
@@ -153,14 +160,17 @@ class SSH:
     def run(self, command: str, out: Callable[[str], None] | None = None, timeout_s: float | None = None) -> tuple[int, str]:
         """Run `command` in the login shell; stdout and stderr, merged, go to `out` line by line as
         they come. Returns (exit status, the output's last 4 KB)."""
-        chan = self.client.get_transport().open_session()
+        transport = self.client.get_transport()
+        chan = transport.open_session()
         try:
             chan.set_combine_stderr(True)
             chan.exec_command(command)
             deadline = None if timeout_s is None else time.monotonic() + timeout_s
             buf, tail = b"", b""
+            heard = time.monotonic()
             while True:
                 if chan.recv_ready():
+                    heard = time.monotonic()
                     chunk = chan.recv(65536)
                     tail = (tail + chunk)[-4096:]
                     buf += chunk
@@ -173,12 +183,26 @@ class SSH:
                     break
                 if deadline is not None and time.monotonic() > deadline:
                     raise SSHError(f"ssh {self.target}: command timed out after {timeout_s:g}s: {_short(command)}")
+                if time.monotonic() - heard >= self.target.keepalive_s:
+                    self._still_there(transport, command)
+                    heard = time.monotonic()
                 chan.status_event.wait(0.05)
             if buf and out:
                 out(buf.decode("utf-8", "replace"))
             return chan.recv_exit_status(), tail.decode("utf-8", "replace")
         finally:
             chan.close()
+
+    def _still_there(self, transport: paramiko.Transport, command: str) -> None:
+        """A quiet command: ask the server something it must answer, within keepalive_s."""
+        k = self.target.keepalive_s
+        try:
+            transport.open_session(timeout=k).close()
+        except (paramiko.SSHException, EOFError, OSError):
+            raise SSHError(
+                f"ssh {self.target}: the pod stopped answering (nothing for {2 * k:g}s, keepalive unanswered): "
+                f"it stopped or vanished; `pipeline pods list` shows it: {_short(command)}"
+            ) from None
 
     def check(self, command: str, out: Callable[[str], None] | None = None, timeout_s: float | None = 600.0, what: str | None = None) -> str:
         """Run and return the output's tail; a non-zero exit is an SSHError with its last line."""

@@ -2,7 +2,7 @@
 `pod(input)`, podFindAndDeployOnDemand, podStop, podResume, podTerminate (README: Pods; RunPod's
 GraphQL docs). It checks the bearer key, keeps pods in memory with `costPerHr` as a string, and can
 be told to answer the next requests with an HTTP status (401, 429 + Retry-After, 5xx) or GraphQL
-`errors`."""
+`errors`, or to do what the next requests ask and answer them late (a client's timeout)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import json
 import re
 import secrets
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -24,7 +25,8 @@ class FakeRunPod:
         self.calls: list[tuple[str, dict]] = []  # (operation, variables)
         self.auth_headers: list[str] = []
         self.paths: list[str] = []
-        self.script: list[tuple[int, Any, dict[str, str]]] = []  # next answers: (status, body, headers)
+        self.script: list[tuple[int, Any, dict[str, str], str | None]] = []  # next answers: (status, body, headers, to which op)
+        self.late: list[tuple[str, float]] = []  # (op, seconds): hold the next answers to op back, after doing what they ask
         self.ssh_endpoint: tuple[str, int] | None = None  # what new pods map private port 22 to
         self.lock = threading.RLock()  # add_pod is called inside answer
         self._n = 0
@@ -38,6 +40,9 @@ class FakeRunPod:
                 n = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(n) or b"{}")
                 status, payload, headers = fake.answer(self.path, self.headers.get("Authorization", ""), body)
+                late = fake.lateness(fake.calls[-1][0])
+                if late:  # (tests patch time.sleep to count a loop's waits)
+                    time.sleep(late)
                 data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -76,9 +81,15 @@ class FakeRunPod:
             }  # fmt: skip
             return pid
 
-    def fail_next(self, status: int, body: Any = None, headers: dict[str, str] | None = None, times: int = 1) -> None:
+    def fail_next(self, status: int, body: Any = None, headers: dict[str, str] | None = None, times: int = 1, op: str | None = None) -> None:
+        """The next `times` requests (of operation `op`, where given) get this answer."""
         with self.lock:
-            self.script.extend([(status, body if body is not None else {"error": "scripted"}, headers or {})] * times)
+            self.script.extend([(status, body if body is not None else {"error": "scripted"}, headers or {}, op)] * times)
+
+    def lateness(self, op: str) -> float:
+        with self.lock:
+            i = next((i for i, (o, _) in enumerate(self.late) if o == op), None)
+            return self.late.pop(i)[1] if i is not None else 0.0
 
     def ops(self) -> list[str]:
         return [op for op, _ in self.calls]
@@ -94,8 +105,10 @@ class FakeRunPod:
             self.calls.append((op, body.get("variables") or {}))
             if auth != f"Bearer {self.key}":
                 return 401, {"errors": [{"message": "Unauthorized"}]}, {}
-            if self.script:
-                return self.script.pop(0)
+            for i, (status, payload, headers, only) in enumerate(self.script):
+                if only in (None, op):
+                    del self.script[i]
+                    return status, payload, headers
             inp = (body.get("variables") or {}).get("input") or {}
             try:
                 return 200, {"data": self._resolve(op, inp)}, {}

@@ -43,8 +43,11 @@ def test_up_from_a_cluster_yaml_node_type_and_from_flags(runpod, capsys, monkeyp
     [pod] = runpod.pods.values()
     assert pod["create_input"]["gpuCount"] == 8 and pod["create_input"]["ports"] == "22/tcp,8265/http"
     code, out, _ = run(capsys, "up", "--gpu-type", "NVIDIA GeForce RTX 4090", "--count", "2", "--name", "ev", "--env", "A=1")
-    assert code == 0 and sorted(p["name"] for p in runpod.pods.values()) == ["ev-0", "ev-1", "golf-train"]
+    # every pod is named for its cluster (cluster.yaml's cluster_name, or --cluster): how watch knows its own
+    assert code == 0 and sorted(p["name"] for p in runpod.pods.values()) == ["ray-golf-ev-0", "ray-golf-ev-1", "ray-golf-golf-train"]
     assert {"key": "A", "value": "1"} in runpod.pods[max(runpod.pods)]["create_input"]["env"]
+    assert run(capsys, "up", "--gpu-type", "NVIDIA GeForce RTX 4090", "--name", "x", "--cluster", "mine")[0] == 0
+    assert "ray-mine-x" in [p["name"] for p in runpod.pods.values()]
 
 
 def test_up_with_bad_input_is_one_line_and_rents_nothing(runpod, capsys, monkeypatch, tmp_path):
@@ -56,6 +59,8 @@ def test_up_with_bad_input_is_one_line_and_rents_nothing(runpod, capsys, monkeyp
     (tmp_path / "c.yaml").write_text("available_node_types: {t: {node_config: {gpu_type_id: X, ports: ['22']}}}\n")
     code, _, err = run(capsys, "up", "--type", "t", "--cluster-config", str(tmp_path / "c.yaml"), "--name", "x")
     assert code == 2 and "c.yaml: available_node_types.t.node_config: ports: Value error, '22' is not a port" in err
+    code, _, err = run(capsys, "up", "--gpu-type", "NVIDIA H100 80GB HBM3", "--name", "x", "--cluster-config", str(tmp_path / "none.yaml"))
+    assert code == 2 and err == f"error: pods up: give --cluster NAME (pods are named ray-NAME-...), or a --cluster-config with cluster_name ({tmp_path / 'none.yaml'} does not exist)\n"
     assert runpod.pods == {}
 
 
@@ -82,34 +87,63 @@ def test_api_errors_are_one_line_exit_2_without_the_key(runpod, capsys, monkeypa
 def test_ssh_runs_a_command_streaming_its_output_and_exit_status(runpod, sshd, capsys, tmp_path):
     a = runpod.add_pod(ssh=("127.0.0.1", sshd.port))
     flags = ["--key", str(sshd.client_key), "--known-hosts", str(sshd.known_hosts(tmp_path / "kh"))]
-    code, out, _ = run(capsys, "ssh", *flags, a, "--", "echo", "hello;", "exit", "5")
+    code, out, _ = run(capsys, "ssh", *flags, a, "--", "echo hello; exit 5")  # one argument: a shell command line
     assert code == 5 and out == "hello\n"
+    code, out, _ = run(capsys, "ssh", *flags, a, "--", "printf", "[%s]\\n", "two words", "it's", "$HOME;", "exit", "5")
+    assert code == 0 and out == "[two words]\n[it's]\n[$HOME;]\n[exit]\n[5]\n"  # several: each kept as quoted
     assert run(capsys, "ssh", *flags, a)[1] == f"ssh -i {sshd.client_key} -p {sshd.port} root@127.0.0.1\n"
     code, _, err = run(capsys, "ssh", "--key", str(sshd.client_key), "--known-hosts", str(tmp_path / "empty"), a, "true")
     assert code == 2 and "unknown host key" in err and err.count("\n") == 1
 
 
-def test_watch_once_reports_health_and_stops_nothing_before_idle_stop_min(runpod, capsys, tmp_path):
-    a = runpod.add_pod()
-    b = runpod.add_pod(status="DEAD")
-    code, out, _ = run(capsys, "watch", "--once", "--terminate-dead")
-    # without --ray a RUNNING pod is RunPod's word: alive, never terminated for want of a Ray node
-    assert code == 0 and f"{a}: alive" in out and "no idle stops" in out and f"{b}: dead (RunPod status DEAD)" in out and f"{b}: terminated (dead)" in out
-    assert a in runpod.pods and b not in runpod.pods
+def test_watch_once_reports_the_clusters_pods_and_names_the_ones_it_leaves_alone(runpod, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)  # cluster.yaml: cluster_name golf
+    a = runpod.add_pod(name="ray-golf-train")
+    b = runpod.add_pod(status="DEAD", name="ray-golf-eval-0")
+    theirs = runpod.add_pod(name="alice-notebook")
+    code, out, _ = run(capsys, "watch", "--once")
+    # without --ray a RUNNING pod is RunPod's word: alive; nothing is stopped or terminated
+    assert code == 0 and f"{a}: alive" in out and "no idle stops" in out and f"{b}: dead (RunPod status DEAD)" in out
+    assert "leaving 3 pod(s) alone: " in out and f"not in this cluster: {theirs}" in out and theirs + ":" not in out
+    code, _, err = run(capsys, "watch", "--once", "--terminate-dead")
+    assert code == 2 and err == "error: pods watch: --terminate-dead needs --ray ADDRESS: a pod is terminated only once its Ray node is gone too\n"
+    assert len(runpod.pods) == 3 and runpod.ops().count("podTerminate") == runpod.ops().count("podStop") == 0
 
 
-def test_watch_stops_a_pod_idle_for_the_specs_idle_stop_min(runpod, ray_local, capsys, tmp_path, monkeypatch):
+def test_watch_goes_on_after_an_api_error(runpod, capsys, monkeypatch):
+    import pipeline.pods.cli as pods_cli
+
+    a = runpod.add_pod(name="ray-golf-train")
+    runpod.fail_next(200, {"data": None, "errors": [{"message": "Something went wrong."}]})
+    looks = []
+
+    def sleep(s):  # the loop's wait between looks: two looks, then the user presses ^C
+        looks.append(s)
+        if len(looks) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(pods_cli.time, "sleep", sleep)
+    code, out, _ = run(capsys, "watch", "--cluster", "golf", "--interval", "7")
+    assert code == 130
+    assert "RunPod API: myself: Something went wrong.: nothing stopped or terminated at this look; looking again in 7 s\n" in out
+    assert f"{a}: alive" in out  # the second look
+
+
+def test_watch_stops_an_idle_pod_of_the_cluster_and_leaves_a_colleagues_alone(runpod, capsys, tmp_path, monkeypatch):
     import time
 
+    import ray
     import yaml
 
     import pipeline.pods.cli as pods_cli
+    from pipeline.progress.pricing import LABEL_POD_ID
     from tests.conftest import make_spec
 
     spec = make_spec(tmp_path, str(tmp_path / "store"), cluster={"idle_stop_min": 0.0001, "accelerator": "cpu"})  # paths are not read
     assert "idle_stop_min" not in str(spec.fingerprint_dict())  # how it runs, not what the campaign is
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json")))
-    a = runpod.add_pod(count=1)
+    a = runpod.add_pod(count=1, name="ray-golf-eval-0")
+    colleague = runpod.add_pod(count=1, name="alice-notebook")  # RUNNING, no node in this Ray cluster: "idle" to base
     ticks, real_sleep = [], time.sleep
 
     def sleep(s):  # the loop's wait between looks: two looks, then the user presses ^C
@@ -118,8 +152,14 @@ def test_watch_stops_a_pod_idle_for_the_specs_idle_stop_min(runpod, ray_local, c
             raise KeyboardInterrupt
         real_sleep(0.05)
 
+    # this process's Ray is the cluster: one node, the pod `a`, none of whose GPUs a unit holds
+    ray.init(address="local", num_cpus=1, num_gpus=1, labels={LABEL_POD_ID: a}, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     monkeypatch.setattr(pods_cli.time, "sleep", sleep)
-    # the Ray this process is connected to (ray_local) lists no node of the pod: none of its GPUs is held
-    code, out, _ = run(capsys, "watch", "--spec", str(tmp_path / "c.yaml"), "--interval", "0.05", "--ray", "auto")
+    try:
+        code, out, _ = run(capsys, "watch", "--spec", str(tmp_path / "c.yaml"), "--interval", "0.05", "--ray", "auto", "--cluster", "golf")
+    finally:
+        monkeypatch.setattr(pods_cli.time, "sleep", real_sleep)
+        ray.shutdown()
     assert code == 130 and runpod.pods[a]["desiredStatus"] == "EXITED"
     assert f"{a} (1× H100 80GB HBM3, $2.69/h): no unit used it for 0 min: stopped" in out
+    assert runpod.pods[colleague]["desiredStatus"] == "RUNNING" and f"leaving 1 pod(s) alone: not in this cluster: {colleague}" in out

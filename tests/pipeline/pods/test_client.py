@@ -60,7 +60,7 @@ def test_create_stop_resume_terminate(runpod):
     assert c.resume_pod(pod.id, 8) == "RUNNING" and c.get_pod(pod.id).state is PodState.RUNNING
     c.terminate_pod(pod.id)
     assert c.get_pod(pod.id) is None and c.list_pods() == []
-    assert runpod.ops() == ["podFindAndDeployOnDemand", "pod", "podStop", "pod", "podResume", "pod", "podTerminate", "pod", "myself"]
+    assert runpod.ops() == ["myself", "podFindAndDeployOnDemand", "pod", "podStop", "pod", "podResume", "pod", "podTerminate", "pod", "myself"]
 
 
 def test_no_capacity_is_one_line(runpod):
@@ -108,14 +108,32 @@ def test_rate_limit_that_does_not_end_is_one_line(runpod):
     assert len(slept) == 2
 
 
-def test_server_errors_are_retried_for_reads_but_never_for_a_create(runpod):
+def test_server_errors_are_retried_and_a_create_only_once_no_pod_of_its_name_was_rented(runpod):
     runpod.fail_next(502, b"<html>bad gateway</html>")
     c, slept = client(runpod)
     assert c.list_pods() == [] and len(slept) == 1
-    runpod.fail_next(500, {"errors": [{"message": "internal"}]})
-    with pytest.raises(RunPodError, match=r"^RunPod API: podFindAndDeployOnDemand: HTTP 500: internal$"):
+    runpod.add_pod(name="x")  # an older pod of the same name is not this create's
+    runpod.fail_next(500, {"errors": [{"message": "internal"}]}, op="podFindAndDeployOnDemand")
+    pod = c.create_pod(PodConfig(gpu_type_id="NVIDIA H100 80GB HBM3"), "x")
+    assert [p["name"] for p in runpod.pods.values()] == ["x", "x"] and pod.id in runpod.pods
+    assert runpod.ops()[-4:] == ["myself", "podFindAndDeployOnDemand", "myself", "podFindAndDeployOnDemand"]
+    assert len(slept) == 2  # looked by name, found none of its own, sent again
+
+
+def test_a_create_that_timed_out_but_rented_the_pod_is_found_by_name_not_rented_twice(runpod):
+    c, slept = client(runpod, timeout_s=0.3)
+    runpod.late = [("podFindAndDeployOnDemand", 2.0)]  # RunPod rents the pod, its answer comes after the client gave up
+    pod = c.create_pod(PodConfig(gpu_type_id="NVIDIA H100 80GB HBM3"), "ray-golf-eval-1")
+    assert list(runpod.pods) == [pod.id] and pod.name == "ray-golf-eval-1"
+    assert runpod.ops().count("podFindAndDeployOnDemand") == 1 and slept == []
+
+
+def test_a_create_whose_fate_cannot_be_checked_says_so(runpod):
+    c, _ = client(runpod, max_attempts=1)
+    runpod.late = [("podFindAndDeployOnDemand", 2.0), ("myself", 0.0), ("myself", 2.0)]  # the create times out, and so does the look by name after it
+    c.timeout_s = 0.3
+    with pytest.raises(RunPodError, match=r"^RunPod API: podFindAndDeployOnDemand: cannot reach http://127\.0\.0\.1:\d+/graphql: timed out; it may have rented a pod named x, and looking failed \(RunPod API: myself: cannot reach .*: timed out\): `pipeline pods list`$"):
         c.create_pod(PodConfig(gpu_type_id="NVIDIA H100 80GB HBM3"), "x")
-    assert runpod.pods == {}  # no second try that could have rented a pod
 
 
 def test_graphql_errors_are_one_line(runpod):

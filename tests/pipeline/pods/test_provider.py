@@ -82,15 +82,41 @@ def test_the_command_runner_uses_the_mapped_ssh_port(runpod, provider, cluster_c
     assert "Port=42022" in runner.ssh_options.to_ssh_options_list()
 
 
-@pytest.mark.parametrize("status, terminated_by_provider", [("EXITED", True), ("DEAD", True), ("TERMINATED", False), ("MIGRATING", False)])
-def test_a_pod_that_died_leaves_the_cluster_so_the_autoscaler_replaces_it(runpod, provider, status, terminated_by_provider):
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+@pytest.mark.parametrize("status", ["EXITED", "PAUSED", "DEAD", "TERMINATED", "MIGRATING"])
+def test_a_pod_that_stopped_or_died_leaves_the_cluster_so_the_autoscaler_replaces_it(runpod, provider, status):
     alive = runpod.add_pod(name="ray-golf-eval_1xh100-aaaa", count=1)
-    dead = runpod.add_pod(name="ray-golf-eval_1xh100-bbbb", count=1, status=status)
+    gone = runpod.add_pod(name="ray-golf-eval_1xh100-bbbb", count=1, status=status)
     assert provider.non_terminated_nodes({}) == [alive]
-    assert provider.is_terminated(dead) and not provider.is_running(dead)
-    # Stopped and dead pods cannot rejoin: terminated so they stop billing; unknown ones are left alone.
-    assert ("podTerminate" in runpod.ops()) == terminated_by_provider
-    assert (dead not in runpod.pods) == terminated_by_provider
+    assert provider.is_terminated(gone) and not provider.is_running(gone)
+    # one look at it is never a reason to end it: a stopped pod keeps its volume, a dead one gets its grace
+    assert "podTerminate" not in runpod.ops() and gone in runpod.pods
+
+
+def test_a_stopped_pod_keeps_its_volume_and_a_dead_one_is_ended_after_the_grace_period(runpod, cluster_config, tmp_path):
+    clock = Clock()
+    provider = RunPodNodeProvider({**cluster_config["provider"], "tags_file": str(tmp_path / "tags.json")}, "golf", clock=clock)
+    stopped = runpod.add_pod(name="ray-golf-eval_1xh100-aaaa", count=1)
+    dead = runpod.add_pod(name="ray-golf-eval_1xh100-bbbb", count=1, status="DEAD")
+    odd = runpod.add_pod(name="ray-golf-eval_1xh100-cccc", count=1, status="MIGRATING")
+    theirs = runpod.add_pod(name="ray-other-eval_1xh100-dddd", count=1, status="DEAD")
+    runpod.pods[stopped].update(desiredStatus="EXITED", runtime=None)  # `pipeline pods stop`, or an idle stop
+    for minute in range(0, 7):  # the autoscaler asks every few seconds; one look a minute here
+        clock.t = minute * 60.0
+        assert provider.non_terminated_nodes({}) == []
+        assert (dead in runpod.pods) == (minute < 5), minute  # 3 looks, and >= 5 min since the first
+    assert runpod.pods[stopped]["desiredStatus"] == "EXITED" and odd in runpod.pods and theirs in runpod.pods
+    assert [v["input"]["podId"] for op, v in runpod.calls if op == "podTerminate"] == [dead]
+    # what the autoscaler chooses to end, it ends
+    provider.terminate_node(stopped)
+    assert stopped not in runpod.pods
 
 
 def test_a_tags_file_of_another_version_is_one_line(runpod, tmp_path):

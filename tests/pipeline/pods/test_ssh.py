@@ -84,3 +84,70 @@ def test_silent_server_times_out(tmp_path, sshd):
         t = SSHTarget("127.0.0.1", s.getsockname()[1], key_file=str(sshd.client_key), known_hosts=tmp_path / "kh", timeout_s=0.5)
         with pytest.raises(SSHError, match=r": (timed out after 0.5s|no SSH answer within 0.5s \(the pod's SSH server still starting, or not SSH on that port\))$"):
             SSH(t).connect()
+
+
+class FreezingProxy:
+    """A TCP relay to sshd that can go silent like a vanished pod: the connection stays open, and
+    nothing more passes either way."""
+
+    def __init__(self, to_port: int):
+        import socket
+        import threading
+
+        self.to_port, self.frozen = to_port, threading.Event()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.socks: list = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        import socket
+        import threading
+
+        conn, _ = self.server.accept()
+        up = socket.create_connection(("127.0.0.1", self.to_port))
+        self.socks += [conn, up]
+        for a, b in ((conn, up), (up, conn)):
+            threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, a, b):
+        try:
+            while data := a.recv(65536):
+                if self.frozen.is_set():
+                    continue  # swallowed: the pod is gone
+                b.sendall(data)
+        except OSError:
+            pass
+
+    def close(self):
+        for s in [self.server, *self.socks]:
+            s.close()
+
+
+def test_a_pod_that_vanishes_mid_command_ends_it_with_one_line(sshd, tmp_path):
+    import threading
+
+    proxy = FreezingProxy(sshd.port)
+    known = tmp_path / "kh"
+    known.write_text(f"[127.0.0.1]:{proxy.port} {sshd.host_pub}\n")
+    t = SSHTarget("127.0.0.1", proxy.port, key_file=str(sshd.client_key), known_hosts=known, keepalive_s=0.5)
+    result: list = []
+
+    def on_line(line):
+        if line == "started":
+            proxy.frozen.set()  # the pod vanishes while the command runs
+
+    def go():
+        try:
+            with SSH(t) as ssh:
+                result.append(ssh.run("echo started; sleep 600", out=on_line))
+        except SSHError as e:
+            result.append(e)
+
+    th = threading.Thread(target=go, daemon=True)
+    th.start()
+    th.join(60)  # without keepalives: the full 600 s, or for ever
+    proxy.close()
+    assert not th.is_alive(), "ssh run still waiting on a vanished pod"
+    [err] = result
+    assert isinstance(err, SSHError) and str(err).startswith(f"ssh root@127.0.0.1:{proxy.port}: the pod stopped answering (nothing for 1s, keepalive unanswered)")
