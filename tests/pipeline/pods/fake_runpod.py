@@ -2,7 +2,7 @@
 `pod(input)`, podFindAndDeployOnDemand, podStop, podResume, podTerminate (README: Pods; RunPod's
 GraphQL docs). It checks the bearer key, keeps pods in memory with `costPerHr` as a string, and can
 be told to answer the next requests with an HTTP status (401, 429 + Retry-After, 5xx) or GraphQL
-`errors`."""
+`errors`, or to hold every request unanswered until released (an API that hangs)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,9 @@ class FakeRunPod:
         self.script: list[tuple[int, Any, dict[str, str]]] = []  # next answers: (status, body, headers)
         self.ssh_endpoint: tuple[str, int] | None = None  # what new pods map private port 22 to
         self.lock = threading.RLock()  # add_pod is called inside answer
+        self.gate = threading.Event()  # cleared by hold(): requests wait on it before they are answered
+        self.gate.set()
+        self.held = 0  # requests that have waited at the gate
         self._n = 0
         fake = self
 
@@ -37,6 +40,10 @@ class FakeRunPod:
             def do_POST(self):
                 n = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(n) or b"{}")
+                if not fake.gate.is_set():
+                    with fake.lock:
+                        fake.held += 1
+                    fake.gate.wait()
                 status, payload, headers = fake.answer(self.path, self.headers.get("Authorization", ""), body)
                 data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 self.send_response(status)
@@ -54,6 +61,7 @@ class FakeRunPod:
         threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     def stop(self) -> None:
+        self.release()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -79,6 +87,13 @@ class FakeRunPod:
     def fail_next(self, status: int, body: Any = None, headers: dict[str, str] | None = None, times: int = 1) -> None:
         with self.lock:
             self.script.extend([(status, body if body is not None else {"error": "scripted"}, headers or {})] * times)
+
+    def hold(self) -> None:
+        """Answer nothing until release(): the client's calls hang until their timeout."""
+        self.gate.clear()
+
+    def release(self) -> None:
+        self.gate.set()
 
     def ops(self) -> list[str]:
         return [op for op, _ in self.calls]
