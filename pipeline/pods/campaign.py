@@ -35,12 +35,11 @@ class CampaignPods:
         clock: Callable[[], float] = time.monotonic, every_s: float = LOOK_EVERY_S,
         nodes: Callable[[], Mapping[str, RayNode]] = ray_pod_nodes,
     ):
-        """`nodes`: pod id -> its Ray node, the view of the Ray this process is connected to."""
-        self.client, self.own_pod, self.log, self.clock, self.every_s = client, own_pod, log, clock, every_s
+        """`every_s`: between looks (PodWatch's); `nodes`: pod id -> its Ray node, the view of the
+        Ray this process is connected to."""
+        self.client, self.own_pod, self.log, self.every_s = client, own_pod, log, every_s
         self.nodes = nodes
         self.stopper = IdleStopper(client, idle_stop_min, head_pod_id=None, clock=clock, log=log)
-        self.last = -1e18
-        self.said_error = False
 
     @classmethod
     def for_cluster(cls, idle_stop_min: float, log: Callable[[str], None]) -> CampaignPods | None:
@@ -57,20 +56,6 @@ class CampaignPods:
             return None
         own = (ray.get_runtime_context().get_node_labels() or {}).get(LABEL_POD_ID)
         return cls(client, idle_stop_min, own, log)
-
-    def tick(self, demand: Demand | None = None) -> list[str]:
-        """At most once every `every_s`: stop the pods idle too long; the ids stopped."""
-        now = self.clock()
-        if now - self.last < self.every_s:
-            return []
-        self.last = now
-        try:
-            return self.look(demand)
-        except RunPodError as e:
-            if not self.said_error:
-                self.log(f"pods: {e} (idle pods are not stopped until the API answers)")
-                self.said_error = True
-            return []
 
     def look(self, demand: Demand | None = None) -> list[str]:
         """One look now: stop the pods no unit has used or can use for idle_stop_min (`demand`:

@@ -21,7 +21,6 @@ class Clock:
 def campaign_pods(runpod, nodes: dict[str, RayNode], own: str | None = None):
     clock, log = Clock(), []
     pods = CampaignPods(RunPodClient.from_env(), 10, own, log.append, clock=clock, nodes=lambda: nodes)
-    pods.stopper.clock = clock
     return pods, clock, log
 
 
