@@ -108,7 +108,11 @@ class IdleStopper:
             del self.idle_since[gone]
         over = [p for p in running if p.id in self.idle_since and now - self.idle_since[p.id] >= self.limit_s]
         everyone_idle = len(over) == len(running)
-        left = demand.cluster_gpus if demand is not None else 0.0  # the cluster's GPUs once the stops so far are done
+        # the cluster's GPUs once the stops so far are done: not those of a pod already stopped whose
+        # Ray node has not died yet (the driver's count of GPUs may still hold them)
+        left = (demand.cluster_gpus if demand is not None else 0.0) - sum(
+            n.gpus_total for p in pods if not p.state.usable and (n := ray_nodes.get(p.id)) is not None and n.alive
+        )
         stopped = []
         for p in over:
             if p.id == self.head_pod_id and not everyone_idle:

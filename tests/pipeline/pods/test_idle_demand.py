@@ -53,6 +53,17 @@ def test_a_group_spanning_pods_keeps_the_gpus_it_gathers_and_a_cpu_pod_is_still_
     assert pods.look(Demand.of(2, {8: 3})) == [] and runpod.pods[b]["desiredStatus"] == "RUNNING"
 
 
+def test_a_pod_stopped_whose_ray_node_lingers_is_not_counted_as_gpus_the_cluster_keeps(runpod):
+    gone, b, c = (runpod.add_pod(status="EXITED", name="gone", count=1), runpod.add_pod(name="b", count=1),
+                  runpod.add_pod(name="c", count=1))  # fmt: skip
+    nodes = {gone: RayNode("ng", True, 1, 1), b: RayNode("nb", True, 1, 1), c: RayNode("nc", True, 1, 1)}
+    pods, clock, log = campaign_pods(runpod, nodes)
+    demand = Demand.of(3, {2: 1})  # the driver still counts the stopped pod's GPU
+    pods.look(demand)
+    clock.t = 11 * 60
+    assert pods.look(demand) == []  # stopping b or c would leave the 2-GPU unit 1 GPU
+
+
 def test_a_retry_that_avoids_a_pod_does_not_keep_it_while_another_pod_holds_it(runpod):
     x, y = runpod.add_pod(name="x", count=2), runpod.add_pod(name="y", count=2)
     nodes = {x: RayNode("nx", True, 2, 2), y: RayNode("ny", True, 2, 2)}
