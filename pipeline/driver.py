@@ -32,6 +32,8 @@ from pipeline.errors import Action, Failure, RetryPolicy, UnitError, classify
 from pipeline.executor import Executor, Launch, RayExecutor, UnitFns
 from pipeline.lease import Lease
 from pipeline.ledger import Ledger
+from pipeline.pods.idle import Demand
+from pipeline.pods.checks import OUTAGE_KEY, PodChecks
 from pipeline.progress.budget import Budget, Projection, Rates, Work
 from pipeline.progress.pricing import node_identity
 from pipeline.progress.stopping import EarlyStops, estimate_key
@@ -156,6 +158,7 @@ class Driver:
         self.usd_per_gpu_s = spec.cluster.pricing.usd_per_gpu_hour / 3600.0
         self.scan: CampaignScan | None = None
         self.scan_fresh = True  # the scan was taken as this run began
+        self.pod_watch: PodChecks | None = None  # the RunPod checks, on their own thread (pipeline/pods/checks.py)
 
     def _slots(self, u: Unit) -> float:
         t = self.spec.train
@@ -205,6 +208,8 @@ class Driver:
                 try:
                     if self.progress is not None:
                         self.progress.stop()
+                    if self.pod_watch is not None:
+                        self.pod_watch.stop()
                     if self.executor is not None:
                         self.executor.close()
                 finally:
@@ -231,6 +236,9 @@ class Driver:
         context = {"git_commit": git_commit(), "spec_fingerprint": spec.fingerprint(), "command": shlex.join(sys.argv)}
         self.executor = self.make_executor(UnitFns(*self.fns, spec.model_dump(mode="json"), spec.store, context, self.ledger.run_id))
         pods = self.executor.watch_pods(spec.cluster.idle_stop_min, self.log)
+        if pods is not None:
+            # an API outage is a `waiting` entry of the ledger while it lasts: `pipeline status` shows it
+            self.pod_watch = PodChecks(pods, self.log, lambda what: self.ledger.waiting(OUTAGE_KEY, what)).start()
         self._look(force=True)
         self._plan_ready(report)
         if report.skipped:
@@ -240,8 +248,8 @@ class Driver:
             self.scan_fresh = False  # seeds planned from now on are listed again first
             if self.stops.due():
                 self._early_stops(report)
-            if pods is not None:
-                pods.tick()  # stop pods no unit has used for idle_stop_min
+            if self.pod_watch is not None:
+                self.pod_watch.tick(self._pod_demand())  # stop pods no unit has used or can use for idle_stop_min
             self._launch()
             # Bookkeeping only once the GPUs have their next work, so they never wait on it.
             for seed, recipe in sorted(self.to_merge):
@@ -255,7 +263,7 @@ class Driver:
             self._look(force=not ended)
             for handle in ended:
                 self._ended(handle, report)
-        for line in pods.still_billing() if pods is not None else []:
+        for line in self.pod_watch.still_billing() if self.pod_watch is not None else []:
             self.log(line)
         if self.lease.lost.is_set():
             holder = self.lease.holder()
@@ -508,6 +516,17 @@ class Driver:
         for what in report.waiting.values():
             self.log(f"gave up after {self.waits.limit_s:.0f} s: {what}; run again once the cluster has them")
         return False
+
+    def _pod_demand(self) -> Demand:
+        """What the idle stopper must leave runnable: the PENDING units of each size (a count per
+        size, not a walk) and the running units that lost their GPUs; nothing while the budget
+        holds new launches (they would not start on a pod kept for them)."""
+        if self.budget_blocked:
+            return Demand(self.capacity)
+        sizes = {self._slots(Unit.train(0))} | {e.gpus for e in self.spec.evals}
+        avoided = [(self._slots(u), nodes) for u, nodes in self.avoid.items() if nodes and self.sched.state(u) is UnitState.PENDING]
+        waiting = [self._slots(u) for u in self.waiting_units.values()]
+        return Demand.of(self.capacity, {s: self.sched.pending_of(s) for s in sizes}, avoided, waiting)
 
     def _carry(self, u: Unit, report: RunReport) -> None:
         """A running unit's own wait goes on as its size group's, from when it began."""

@@ -6,6 +6,11 @@ live Ray node) is stopped, so nobody pays for an idle 8×H100. The pod that runs
 stopped from inside it; when the run ends the driver names the pods still billing and the command
 that stops them (`pipeline pods watch`, or the autoscaler under `ray up`, stops them later).
 
+A pod is idle only while no unit of the campaign can use it: the driver hands each look its
+`Demand` (pipeline/pods/idle.py), so a pod whose GPUs a waiting multi-GPU unit gathers is kept.
+The looks run on a thread of their own (pipeline/pods/checks.py), so the driver loop never waits
+on the API; each call is bounded (LOOK_TIMEOUT_S, LOOK_ATTEMPTS: the next look is a minute away).
+
 Only active where there is a RunPod key and the Ray cluster has nodes labelled as pods; a RunPod
 API error is a log line, never a reason to stop the campaign.
 """
@@ -13,25 +18,28 @@ API error is a log line, never a reason to stop the campaign.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from pipeline.pods.client import RunPodClient, RunPodError
-from pipeline.pods.health import ray_pod_nodes
-from pipeline.pods.idle import IdleStopper
+from pipeline.pods.health import RayNode, ray_pod_nodes
+from pipeline.pods.idle import Demand, IdleStopper
 from pipeline.pods.pod import PodState
 
 LOOK_EVERY_S = 60.0
+LOOK_TIMEOUT_S, LOOK_ATTEMPTS = 20.0, 2  # one look gives up in about a minute, not 6 × 30 s + backoff
 
 
 class CampaignPods:
     def __init__(
         self, client: RunPodClient, idle_stop_min: float, own_pod: str | None, log: Callable[[str], None],
         clock: Callable[[], float] = time.monotonic, every_s: float = LOOK_EVERY_S,
+        nodes: Callable[[], Mapping[str, RayNode]] = ray_pod_nodes,
     ):
-        self.client, self.own_pod, self.log, self.clock, self.every_s = client, own_pod, log, clock, every_s
+        """`every_s`: between looks (PodChecks'); `nodes`: pod id -> its Ray node, the view of the
+        Ray this process is connected to."""
+        self.client, self.own_pod, self.log, self.every_s = client, own_pod, log, every_s
+        self.nodes = nodes
         self.stopper = IdleStopper(client, idle_stop_min, head_pod_id=None, clock=clock, log=log)
-        self.last = -1e18
-        self.said_error = False
 
     @classmethod
     def for_cluster(cls, idle_stop_min: float, log: Callable[[str], None]) -> CampaignPods | None:
@@ -43,31 +51,22 @@ class CampaignPods:
         if not ray_pod_nodes():
             return None
         try:
-            client = RunPodClient.from_env()
+            client = RunPodClient.from_env(timeout_s=LOOK_TIMEOUT_S, max_attempts=LOOK_ATTEMPTS)
         except RunPodError:
             return None
         own = (ray.get_runtime_context().get_node_labels() or {}).get(LABEL_POD_ID)
         return cls(client, idle_stop_min, own, log)
 
-    def tick(self) -> list[str]:
-        """At most once every `every_s`: stop the pods idle too long; the ids stopped."""
-        now = self.clock()
-        if now - self.last < self.every_s:
-            return []
-        self.last = now
-        nodes = ray_pod_nodes()
-        try:
-            pods = [p for p in self.client.list_pods() if p.id in nodes and p.id != self.own_pod]
-            return self.stopper.tick(pods, nodes)
-        except RunPodError as e:
-            if not self.said_error:
-                self.log(f"pods: {e} (idle pods are not stopped until the API answers)")
-                self.said_error = True
-            return []
+    def look(self, demand: Demand | None = None) -> list[str]:
+        """One look now: stop the pods no unit has used or can use for idle_stop_min (`demand`:
+        what the driver's waiting units need); the ids stopped. Raises RunPodError."""
+        nodes = self.nodes()
+        pods = [p for p in self.client.list_pods() if p.id in nodes and p.id != self.own_pod]
+        return self.stopper.tick(pods, nodes, demand)
 
     def still_billing(self) -> list[str]:
         """One line per pod of this cluster still RUNNING, for the end of a run."""
-        nodes = ray_pod_nodes()
+        nodes = self.nodes()
         try:
             pods = [p for p in self.client.list_pods() if p.id in nodes and p.state is PodState.RUNNING]
         except RunPodError as e:

@@ -2,7 +2,8 @@
 `pod(input)`, podFindAndDeployOnDemand, podStop, podResume, podTerminate (README: Pods; RunPod's
 GraphQL docs). It checks the bearer key, keeps pods in memory with `costPerHr` as a string, and can
 be told to answer the next requests with an HTTP status (401, 429 + Retry-After, 5xx) or GraphQL
-`errors`, or to do what the next requests ask and answer them late (a client's timeout)."""
+`errors`, or to do what the next requests ask and answer them late (a client's timeout), or to hold
+every request unanswered until released (an API that hangs)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ class FakeRunPod:
         self.late: list[tuple[str, float]] = []  # (op, seconds): hold the next answers to op back, after doing what they ask
         self.ssh_endpoint: tuple[str, int] | None = None  # what new pods map private port 22 to
         self.lock = threading.RLock()  # add_pod is called inside answer
+        self.gate = threading.Event()  # cleared by hold(): requests wait on it before they are answered
+        self.gate.set()
+        self.held = 0  # requests that have waited at the gate
         self._n = 0
         fake = self
 
@@ -39,6 +43,10 @@ class FakeRunPod:
             def do_POST(self):
                 n = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(n) or b"{}")
+                if not fake.gate.is_set():
+                    with fake.lock:
+                        fake.held += 1
+                    fake.gate.wait()
                 status, payload, headers = fake.answer(self.path, self.headers.get("Authorization", ""), body)
                 late = fake.lateness(fake.calls[-1][0])
                 if late:  # (tests patch time.sleep to count a loop's waits)
@@ -59,6 +67,7 @@ class FakeRunPod:
         threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     def stop(self) -> None:
+        self.release()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -90,6 +99,13 @@ class FakeRunPod:
         with self.lock:
             i = next((i for i, (o, _) in enumerate(self.late) if o == op), None)
             return self.late.pop(i)[1] if i is not None else 0.0
+
+    def hold(self) -> None:
+        """Answer nothing until release(): the client's calls hang until their timeout."""
+        self.gate.clear()
+
+    def release(self) -> None:
+        self.gate.set()
 
     def ops(self) -> list[str]:
         return [op for op, _ in self.calls]

@@ -54,19 +54,19 @@ def test_an_idle_pod_of_the_campaign_is_stopped_and_the_drivers_own_pod_is_not(r
     clock, log = Clock(), []
     pods = CampaignPods.for_cluster(idle_stop_min=10, log=log.append)
     assert pods is not None and pods.own_pod == head
-    pods.clock = pods.stopper.clock = clock
+    pods.stopper.clock = clock
 
     holder = ray.remote(num_gpus=1)(GpuHolder).remote()
     ray.get(holder.ready.remote())  # a unit holds one of the worker's GPUs: not idle
-    pods.tick()
+    pods.look()
     clock.t = 11 * 60
-    assert pods.tick() == []
+    assert pods.look() == []
     ray.kill(holder)
     wait_for(lambda: ray.available_resources().get("GPU") == 2)  # the unit is gone, its GPU free
     clock.t = 12 * 60
-    assert pods.tick() == []  # idle from now on
+    assert pods.look() == []  # idle from now on
     clock.t = 23 * 60
-    assert pods.tick() == [worker]  # idle for idle_stop_min: stopped
+    assert pods.look() == [worker]  # idle for idle_stop_min: stopped
     assert runpod.pods[worker]["desiredStatus"] == "EXITED" and runpod.pods[head]["desiredStatus"] == "RUNNING"
     assert runpod.pods[stranger]["desiredStatus"] == "RUNNING"  # not in this cluster: not ours to stop
     assert any("no unit used it for" in line for line in log)
