@@ -522,11 +522,11 @@ class Driver:
         size, not a walk) and the running units that lost their GPUs; nothing while the budget
         holds new launches (they would not start on a pod kept for them)."""
         if self.budget_blocked:
-            return Demand(self.capacity)
+            return Demand(self.capacity.total)
         sizes = {self._slots(Unit.train(0))} | {e.gpus for e in self.spec.evals}
         avoided = [(self._slots(u), nodes) for u, nodes in self.avoid.items() if nodes and self.sched.state(u) is UnitState.PENDING]
         waiting = [self._slots(u) for u in self.waiting_units.values()]
-        return Demand.of(self.capacity, {s: self.sched.pending_of(s) for s in sizes}, avoided, waiting)
+        return Demand.of(self.capacity.total, {s: self.sched.pending_of(s) for s in sizes}, avoided, waiting)
 
     def _carry(self, u: Unit, report: RunReport) -> None:
         """A running unit's own wait goes on as its size group's, from when it began."""

@@ -511,8 +511,9 @@ class ClusterSpec(_Strict):
         "pods over their network: slow on RunPod); by default each group runs on one node (STRICT_PACK) and waits for one"
     )
     idle_stop_min: float = Field(
-        10.0, gt=0, description="a RunPod pod none of whose GPUs a unit used for this long is stopped (`pipeline pods "
-        "watch`, README: Pods); the head pod only once every pod is idle"
+        10.0, gt=0, description="a RunPod pod of the cluster that no unit used or could use for this long is stopped "
+        "(by the driver, or `pipeline pods watch`; README: Pods): not one whose GPUs a waiting unit gathers; the head "
+        "pod only once every pod is idle"
     )
 
 
