@@ -188,6 +188,18 @@ class CostReport:
     cluster_usd: float | None  # what the watched nodes billed in all (their runs' useful + lost + idle)
     gpu_types: list[str]
     total_usd: float = 0.0  # the bill: the watched nodes' and the unwatched runs' attempts
+    # the bill as (start, end, $/s) pieces: each snapshot of a watched run, each unwatched attempt
+    pieces: list[tuple[float, float, float]] = field(default_factory=list)
+
+    def usd_at(self, times: Any) -> Any:
+        """The bill as it stood at each of `times` (a numpy array of unix times): the report's
+        cost over time, ending at `total_usd`."""
+        import numpy as np
+
+        out = np.zeros(len(times))
+        for start, end, per_s in self.pieces:
+            out += np.clip(times - start, 0.0, max(0.0, end - start)) * per_s
+        return out
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -241,6 +253,22 @@ def node_bills(snapshots: Snapshots, run_ends: Mapping[str, float]) -> dict[str,
     return {run: (bill, run_ends.get(run)) for run, bill in bills.items()}
 
 
+def _pieces(snapshots: Snapshots, bills: Mapping[str, tuple[NodeBill, float | None]], now: float) -> list[tuple[float, float, float]]:
+    """Each snapshot of a watched run as a (start, end, $/s) piece of the bill: up to the run's
+    next snapshot, or its end."""
+    by_run: dict[str, list[tuple[float, list[NodeIdentity]]]] = defaultdict(list)
+    for t, run, nodes in snapshots:
+        by_run[run].append((t, nodes))
+    out = []
+    for run, snaps in by_run.items():
+        end = bills[run][1]
+        for (t, nodes), nxt in zip(snaps, [*snaps[1:], (now if end is None else end, [])], strict=True):
+            bill = NodeBill()
+            bill.snapshot(t, nodes)
+            out.append((t, max(t, nxt[0]), bill.usd_per_s))
+    return out
+
+
 def cost_report(
     events: list[dict[str, Any]],
     now: float,
@@ -266,6 +294,7 @@ def cost_report(
     campaign, by_seed, by_recipe, by_sr = Line(), defaultdict(Line), defaultdict(Line), defaultdict(Line)
     held = defaultdict(float)  # watched run → $ of the GPU time its attempts held
     unwatched = 0.0
+    pieces = _pieces(snapshots, bills, now)
     for a in attempts:
         bill = attempt_cost(a, nodes_at(snapshots, a.start), now, default)
         a.usd_per_gpu_hour, a.gpu_type = bill.usd_per_gpu_hour, bill.gpu_type
@@ -276,7 +305,8 @@ def cost_report(
             held[a.run] += bill.usd
         else:
             unwatched += bill.usd
+            pieces.append((a.start, a.start + a.seconds(now), a.gpus * bill.usd_per_gpu_hour / 3600.0))
     cluster = sum(bill.usd(now if end is None else end) for bill, end in bills.values()) if bills else None
     idle = sum(max(0.0, bill.usd(now if end is None else end) - held[run]) for run, (bill, end) in bills.items()) if bills else None
     types = sorted({a.gpu_type for a in attempts})
-    return CostReport(attempts, campaign, dict(by_seed), dict(by_recipe), dict(by_sr), idle, cluster, types, (cluster or 0.0) + unwatched)
+    return CostReport(attempts, campaign, dict(by_seed), dict(by_recipe), dict(by_sr), idle, cluster, types, (cluster or 0.0) + unwatched, pieces)

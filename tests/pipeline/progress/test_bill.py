@@ -8,6 +8,7 @@ import json
 import os
 import time
 
+import numpy as np
 import pytest
 import yaml
 
@@ -20,6 +21,7 @@ from pipeline.progress.cost import AttemptCost, NodeBill, attempt_cost, cost_rep
 from pipeline.progress.pricing import (
     LABEL_GPU_COUNT, LABEL_GPU_TYPE, LABEL_POD_ID, LABEL_USD_PER_HOUR, NodeIdentity, node_identity, spec_node,
 )
+from pipeline.report.timeline import timeline
 from pipeline.spec import Pricing
 from pipeline.store import Layout, open_store
 from tests.conftest import make_spec
@@ -95,6 +97,11 @@ def test_the_bill_counts_every_node_at_its_own_price_idle_head_included():
     units_watched = 600 * 2.69 / 3600 + 280 * 1.64 / 3600
     assert c.idle_usd == pytest.approx(watched - units_watched, abs=1e-9)
     assert c.campaign.lost_usd == pytest.approx(100 * 1.64 / 3600)  # after a2's last commit
+    # the report's cost over time is the same bill, as it stood then
+    first = (HEAD_USD_H + 2.69 + 1.64 + 0.44) * 900 / 3600
+    assert list(c.usd_at(np.array([t0 - 1, t0 + 900, t0 + 1600, t0 + 5000]))) == pytest.approx([0, first, watched, c.total_usd])
+    tl = timeline(c, [], 0, now=t0 + 5000)
+    assert tl.priced and tl.usd[-1] == pytest.approx(c.total_usd)
 
 
 def test_attempt_cost_is_priced_by_its_own_nodes():
