@@ -189,3 +189,20 @@ def test_the_stop_line_names_what_runs_and_the_commands_that_stop_it(monkeypatch
     assert "1 node(s) not a known pod bill $4.00/h" in line
     monkeypatch.delenv(RAY_JOB_ENV_VAR)
     assert stop_command() == f"`kill -INT {os.getpid()}` (Ctrl-C)"
+
+
+def test_time_spent_waiting_for_capacity_is_billed(data_dir, tmp_path, capsys):
+    """A training that needs 4 GPUs on a cluster of 2 waits (wait_for_capacity_s) and gives up: no
+    event happens while it waits, yet its pods billed all along, and the ledger says so."""
+    spec = make_spec(data_dir, str(tmp_path / "store"), seeds=[1], train={"world_size": 4},
+                     cluster={"pricing": PRICING, "wait_for_capacity_s": 1})
+    report = Driver(spec, log=lambda _: None, train_fn=fake_train, eval_fn=fake_eval,
+                    executor=lambda fns: PodExecutor(fns, PODS)).run()
+    assert report.waiting and not report.done
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    capsys.readouterr()
+    assert main(["cost", str(f), "--json"]) == 0
+    cost = json.loads(capsys.readouterr().out)
+    burn = (HEAD_USD_H + 2.69 + 1.64) / 3600
+    assert cost["total_usd"] >= burn * 1.0 and cost["idle_usd"] == pytest.approx(cost["total_usd"])
