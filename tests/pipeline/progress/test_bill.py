@@ -140,6 +140,9 @@ def test_pipeline_cost_and_the_budget_agree_to_the_cent(data_dir, tmp_path, caps
     assert round(cost["total_usd"], 2) == round(report.spent_usd, 2)
     assert cost["total_usd"] == pytest.approx(report.spent_usd, abs=1e-9)
     assert cost["total_usd"] > HEAD_USD_H * 1600 / 3600  # the idle head of the earlier run is in both
+    assert main(["cost", str(f)]) == 0
+    table = capsys.readouterr().out
+    assert "idle nodes" in table and f"${cost['total_usd']:,.2f}" in table
 
 
 def test_a_budget_the_idle_head_alone_passes_stops_new_work(data_dir, tmp_path):
