@@ -32,7 +32,7 @@ from pipeline.errors import Action, Failure, RetryPolicy, UnitError, classify
 from pipeline.executor import Executor, Launch, RayExecutor, UnitFns
 from pipeline.lease import Lease
 from pipeline.ledger import Ledger
-from pipeline.progress.budget import Budget, Projection, Rates, Work, still_billing
+from pipeline.progress.budget import Budget, Projection, Rates, Work, still_billing, stop_command
 from pipeline.progress.cost import NodeBill
 from pipeline.progress.pricing import NodeIdentity, node_identity, spec_node
 from pipeline.progress.stopping import EarlyStops, estimate_key
@@ -83,21 +83,6 @@ def git_commit() -> str | None:
 
 def campaign_lease(store: Store, spec: CampaignSpec, run_id: str | None = None) -> Lease:
     return Lease(store, Layout(spec.name).lease_dir, f"campaign {spec.name!r} in {store.uri}", "driver", token=run_id)
-
-
-def stop_command() -> str:
-    """How a user stops this driver (and with it its running units): the Ray job it runs as, or
-    its process."""
-    import json
-    import os
-
-    from pipeline.cli import RAY_JOB_ENV_VAR
-
-    try:
-        job = json.loads(os.environ.get(RAY_JOB_ENV_VAR, "{}")).get("metadata", {}).get("job_submission_id")
-    except (ValueError, AttributeError):
-        job = None
-    return f"`ray job stop {job}`" if job else f"`kill -INT {os.getpid()}` (Ctrl-C)"
 
 
 # --- policies ---------------------------------------------------------------------------------
