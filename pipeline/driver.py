@@ -32,10 +32,11 @@ from pipeline.errors import Action, Failure, RetryPolicy, UnitError, classify
 from pipeline.executor import Executor, Launch, RayExecutor, UnitFns
 from pipeline.lease import Lease
 from pipeline.ledger import Ledger
-from pipeline.pods.idle import Demand
 from pipeline.pods.checks import OUTAGE_KEY, PodChecks
-from pipeline.progress.budget import Budget, Projection, Rates, Work
-from pipeline.progress.pricing import node_identity
+from pipeline.pods.idle import Demand
+from pipeline.progress.budget import Budget, Projection, Rates, Work, still_billing, stop_command
+from pipeline.progress.cost import NodeBill
+from pipeline.progress.pricing import NodeIdentity, node_identity, spec_node
 from pipeline.progress.stopping import EarlyStops, estimate_key
 from pipeline.resume import LIST_THREADS, CampaignScan
 from pipeline.scheduler import Attempt, Capacity, CapacityWaits, Scheduler
@@ -97,6 +98,7 @@ class RunReport:
     failed: dict[Unit, str] = field(default_factory=dict)
     estimated: dict[str, str] = field(default_factory=dict)  # "seed/recipe" → why its stop rule ended it
     budget: str | None = None  # why units were left PENDING by the budget
+    spent_usd: float | None = None  # with a budget: the campaign's bill when the run ended (`pipeline cost`'s total)
     blocked: list[Unit] = field(default_factory=list)  # could not run: their training failed
     waiting: dict[str, str] = field(default_factory=dict)  # unit → what it waited for in vain (left PENDING)
     lease_lost: str | None = None  # another driver took the campaign over mid-run
@@ -148,14 +150,15 @@ class Driver:
         self.budget = Budget(spec.budget_usd, log)
         self.budget_blocked = False
         self.rates = Rates()
-        self.spent_before_usd = 0.0  # what earlier runs of this campaign cost (ledger)
-        self.spent_usd = 0.0  # this run's finished attempts
+        self.billed_before_usd = 0.0  # what earlier runs of this campaign cost (ledger), with a budget
+        self.bill = NodeBill()  # what this run's nodes have billed: fed the cluster events it records
+        self.budget_looked: float | None = None  # when the budget was last looked at (time.monotonic)
+        self.budget_gap_s = TICK_S  # the longest time between two looks so far
         self.recipe_batches: dict[str, int] = {}  # batches of a recipe's plan (the same for every seed)
         self.geometry: dict[str, tuple[int, int]] = {}  # recipe → (windows, batches) for new plans
         self.nodes: list[dict] | None = None  # the cluster as last recorded in the ledger
         self.capacity = Capacity()
         self.looked = -1e18  # when the loop last looked at the cluster (time.monotonic)
-        self.usd_per_gpu_s = spec.cluster.pricing.usd_per_gpu_hour / 3600.0
         self.scan: CampaignScan | None = None
         self.scan_fresh = True  # the scan was taken as this run began
         self.pod_watch: PodChecks | None = None  # the RunPod checks, on their own thread (pipeline/pods/checks.py)
@@ -213,6 +216,7 @@ class Driver:
                     if self.executor is not None:
                         self.executor.close()
                 finally:
+                    self._end_bill(report)
                     self.ledger.close()  # every event recorded is in the store before the run says it ended
         finally:
             self.lease.release()
@@ -289,8 +293,13 @@ class Driver:
     def _check_budget(self) -> None:
         """Whether the budget still allows new launches. The projection walks every unit: only
         with a budget to hold it against, once a tick and whenever planning added units."""
+        now = time.monotonic()
+        if self.budget_looked is not None:
+            self.budget_gap_s = max(self.budget_gap_s, now - self.budget_looked)
+        self.budget_looked = now
         self.budget_blocked = (
-            self.spec.budget_usd is not None and self.sched.has_pending() and not self.budget.allows(self._projection())
+            self.spec.budget_usd is not None and self.sched.has_pending()
+            and not self.budget.allows(self._projection(), self._still_billing)
         )
 
     def _launch(self) -> None:
@@ -316,7 +325,6 @@ class Driver:
         batches = out.get("batches", 0) - out.get("run", {}).get("resumed_batches", 0) if u.kind == "eval" else None
         self.sched.move(u, UnitState.DONE)
         self.ledger.record(u, UnitState.DONE, attempt=att.id, seconds=secs, batches=batches)
-        self.spent_usd += secs * att.gpus * self.usd_per_gpu_s
         self.rates.observe(u.kind, u.recipe, secs * att.gpus, batches)
         report.done.append(u)
         report.durations[u.id] = secs
@@ -387,27 +395,37 @@ class Driver:
     # --- cost, budget and early stops -------------------------------------------------------
 
     def _measure_history(self) -> None:
-        """What earlier runs spent and how fast their units went: the budget's starting point."""
+        """What earlier runs billed and how fast their units went: the budget's starting point."""
         from pipeline.progress.cost import cost_report
 
-        report = cost_report(self.ledger.events(), time.time())
-        self.spent_before_usd = report.total_usd
+        now = time.time()
+        report = cost_report(self.ledger.events(), now, default=spec_node(self.spec.cluster.pricing))
+        self.billed_before_usd = report.total_usd
         for a in report.attempts:
             if a.outcome == "DONE":
-                self.rates.observe(a.unit.split("/")[0], a.recipe or "", a.seconds(time.time()) * a.gpus, a.batches)
+                self.rates.observe(a.unit.split("/")[0], a.recipe or "", a.seconds(now) * a.gpus, a.batches)
 
     def _record_cluster(self) -> None:
-        """A `cluster` event when the nodes (or their liveness) changed; the price of a GPU-second
-        follows the alive nodes."""
+        """A `cluster` event when the nodes (or their liveness) changed; this run's bill follows
+        the same events `pipeline cost` reads."""
         nodes = [node_identity(n, self.spec.cluster.pricing).as_dict() for n in self.executor.nodes()]
         nodes.sort(key=lambda n: n["node_id"])
         if nodes != self.nodes:
             self.nodes = nodes
-            self.ledger.cluster(nodes)
-            alive = [n for n in nodes if n["alive"] and n["gpus"] > 0]
-            gpus = sum(n["gpus"] for n in alive)
-            if gpus:
-                self.usd_per_gpu_s = sum(n["gpus"] * n["usd_per_gpu_hour"] for n in alive) / gpus / 3600.0
+            self._billed(self.ledger.cluster(nodes))
+
+    def _billed(self, event: dict[str, Any]) -> None:
+        self.bill.snapshot(event["time"], [NodeIdentity.from_dict(n) for n in event["nodes"]])
+
+    def _end_bill(self, report: RunReport) -> None:
+        """The run's last `cluster` event: its nodes billed until now (the ledger's end of this run,
+        however long it waited since its last unit), and with a budget the bill it ends with."""
+        if self.nodes is None:
+            return
+        end = self.ledger.cluster(self.nodes)
+        self._billed(end)
+        if self.spec.budget_usd is not None:
+            report.spent_usd = self.billed_before_usd + self.bill.usd(end["time"])
 
     def _projection(self) -> Projection:
         now = time.perf_counter()
@@ -424,9 +442,16 @@ class Driver:
             for s in self.spec.seeds if self.sched.state(Unit.train(s)) != UnitState.DONE
             for e in self.spec.evals
         ]
-        running_usd = sum((now - a.started) * a.gpus for a in running) * self.usd_per_gpu_s
-        spent = self.spent_before_usd + self.spent_usd + running_usd
-        return Budget.project(spent, work, self.rates, self.usd_per_gpu_s, t.max_wallclock_s * self._slots(Unit.train(0)))
+        spent = self.billed_before_usd + self.bill.usd(time.time())
+        per_gpu_s = self.bill.usd_per_gpu_s()
+        if per_gpu_s is None:  # no GPUs now: what the spec says one costs
+            per_gpu_s = self.spec.cluster.pricing.usd_per_gpu_hour / 3600.0
+        return Budget.project(spent, work, self.rates, per_gpu_s, t.max_wallclock_s * self._slots(Unit.train(0)),
+                              next_check_usd=self.bill.usd_per_s * self.budget_gap_s)
+
+    def _still_billing(self) -> str:
+        running = sorted(a.unit.id for a in self.sched.running.values())
+        return still_billing(running, self.bill.alive, stop_command())
 
     def _early_stops(self, report: RunReport) -> None:
         """Evals whose stop rule holds now end ESTIMATED: their running shards are cancelled (what
@@ -445,7 +470,6 @@ class Driver:
                     self.executor.cancel(handle)
                     self.sched.ended(handle)
                     secs = time.perf_counter() - att.started
-                    self.spent_usd += secs * att.gpus * self.usd_per_gpu_s
                     self.sched.move(att.unit, UnitState.ESTIMATED)
                     self.ledger.record(att.unit, UnitState.ESTIMATED, attempt=att.id, seconds=secs, **self._committed(att), reason=decision.why)
             for u in self.sched.evals[(seed, recipe)].units:
@@ -567,7 +591,6 @@ class Driver:
         history = self.failures.setdefault(u, [])
         decision = self._policy(u).decide(failure, history)
         history.append(failure)
-        self.spent_usd += secs * att.gpus * self.usd_per_gpu_s
         committed = self._committed(att)
         if decision.action is Action.RETRY:
             self.sched.move(u, UnitState.INTERRUPTED)

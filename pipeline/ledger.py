@@ -65,8 +65,9 @@ class Ledger:
         return self._append({"event": "placed", "unit": unit.id, "host": platform.node(), **where})
 
     def cluster(self, nodes: list[dict[str, Any]]) -> dict[str, Any]:
-        """The nodes the driver sees now (id, alive, GPUs, GPU type, price, pod): written when they
-        change, so pod time no unit used (idle cost) can be told from the ledger."""
+        """The nodes the driver sees now (id, alive, GPUs, GPU type, prices, pod): written when they
+        change and once as the run ends, so the bill (every node's time, idle included) and pod time
+        no unit used can be told from the ledger."""
         return self._append({"event": "cluster", "nodes": nodes})
 
     def waiting(self, key: str, what: str | None) -> dict[str, Any]:

@@ -1,26 +1,38 @@
-"""What a campaign has cost, from its ledger alone (README "Cost").
+"""What a campaign has cost, from its ledger alone (README "Cost"): the one cost model that the
+budget, `pipeline status`, `pipeline cost` and the report all use.
 
-Each unit attempt holds GPUs from its start to its end; its GPU-seconds × its node's price per
-GPU-second is split into
+The bill is what the campaign's nodes charge: every second each node was alive while a driver
+watched it (its `cluster` events: from the snapshot a node first appears in to the next one, or to
+the run's end), at the node's own $/hour, whether a unit held its GPUs or not: a head pod with no
+Ray GPUs and an 8×H100 pod running 1-GPU evals bill in full. `NodeBill` is that sum for one run; the
+driver keeps one for its own run and adds what earlier runs cost (`cost_report`), so its budget and
+`pipeline cost` give the same number for the same ledger. Attempts of a run no driver watched
+(`pipeline eval` by hand, old ledgers) are billed by `attempt_cost` alone.
+
+The bill is split by `attempt_cost`: each attempt holds GPUs from its start to its end, its
+GPU-seconds × its nodes' price per GPU-second being
 
 - useful: work whose records reached the store (a DONE attempt; one that died, or was stopped by its
   eval's stop rule, up to its last committed segment or checkpoint: a resumed attempt carries on
   from there),
 - lost: the rest of an attempt that died (work done since its last commit, redone by the retry),
   and all of an attempt that failed before committing anything,
-- idle: GPU time of the cluster's nodes that no attempt held, while a driver watched the cluster
-  (its `cluster` events: nodes, GPUs, price); pod time before or after a driver is not seen.
+
+and idle is the rest of the bill: node time no attempt held. Pod time before a driver first looked
+or after it ended is not in the ledger, so not in the bill.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from pipeline.progress.pricing import NodeIdentity
 
 END_STATES = ("DONE", "ESTIMATED", "INTERRUPTED", "FAILED")
+Snapshots = list[tuple[float, str, list[NodeIdentity]]]  # (time, run, nodes) of `cluster` events
 
 
 @dataclass
@@ -37,7 +49,7 @@ class AttemptCost:
     committed_until: float | None = None
     batches: int | None = None
     nodes: list[str] = field(default_factory=list)
-    usd_per_gpu_hour: float = 0.0
+    usd_per_gpu_hour: float = 0.0  # set from attempt_cost by cost_report
     gpu_type: str = "unknown"
     error: str | None = None
 
@@ -64,6 +76,84 @@ class AttemptCost:
         return kept * self.gpus, total - kept * self.gpus
 
 
+@dataclass(frozen=True)
+class AttemptBill:
+    """What one attempt cost, from `attempt_cost`."""
+
+    useful_usd: float
+    lost_usd: float
+    gpu_s: float
+    usd_per_gpu_hour: float
+    gpu_type: str
+
+    @property
+    def usd(self) -> float:
+        return self.useful_usd + self.lost_usd
+
+
+def attempt_cost(attempt: AttemptCost, nodes: Mapping[str, NodeIdentity], now: float, default: NodeIdentity | None = None) -> AttemptBill:
+    """An attempt's GPU-seconds × the price per GPU-second of the nodes it was placed on (`nodes`:
+    node id → node, as known when it started; see `nodes_at`), split into useful and lost. An
+    attempt on no known node pays `default`'s price (the spec's), or nothing."""
+    mine = [nodes[n] for n in attempt.nodes if n in nodes]
+    if mine:
+        price, gpu_type = sum(n.usd_per_gpu_hour for n in mine) / len(mine), mine[0].gpu_type
+    elif default is not None:
+        price, gpu_type = default.usd_per_gpu_hour, default.gpu_type
+    else:
+        price, gpu_type = 0.0, "unknown"
+    useful, lost = attempt.split(now)
+    per_s = price / 3600.0
+    return AttemptBill(useful * per_s, lost * per_s, useful + lost, price, gpu_type)
+
+
+def nodes_at(snapshots: Snapshots, t: float) -> dict[str, NodeIdentity]:
+    """Every node the snapshots up to `t` name (the first snapshot's if none is that early)."""
+    known: dict[str, NodeIdentity] = {}
+    for when, _, nodes in snapshots:
+        if when > t and known:
+            break
+        for n in nodes:
+            known[n.node_id] = n
+    return known
+
+
+class NodeBill:
+    """What the nodes one driver run watched have billed: each alive node from the snapshot it is
+    in to the next snapshot (or `until`), at its own $/hour. Fed snapshots in time order; the same
+    snapshots give the same dollars, to the bit, wherever they are summed (driver or CLI)."""
+
+    def __init__(self) -> None:
+        self.closed_usd = 0.0  # up to `since`
+        self.since: float | None = None
+        self.nodes: list[NodeIdentity] = []
+
+    def snapshot(self, t: float, nodes: list[NodeIdentity]) -> None:
+        if self.since is not None:
+            self.closed_usd += self.usd_per_s * max(0.0, t - self.since)
+        self.since, self.nodes = t if self.since is None else max(t, self.since), nodes
+
+    @property
+    def alive(self) -> list[NodeIdentity]:
+        return [n for n in self.nodes if n.alive]
+
+    @property
+    def usd_per_s(self) -> float:
+        """The burn rate now: every alive node's $/hour, GPUs used or not."""
+        return sum(n.hourly_usd for n in self.alive) / 3600.0
+
+    def usd_per_gpu_s(self) -> float | None:
+        """The burn rate per GPU Ray can schedule on (what a GPU-second of work costs with the
+        cluster as it is, its idle nodes included); None with no GPUs."""
+        gpus = sum(n.gpus for n in self.alive)
+        return self.usd_per_s / gpus if gpus > 0 else None
+
+    def usd(self, until: float) -> float:
+        if self.since is None:
+            return 0.0
+        return self.closed_usd + self.usd_per_s * max(0.0, until - self.since)
+
+
 @dataclass
 class Line:
     """Cost of some attempts (a seed, a recipe, the campaign)."""
@@ -77,12 +167,10 @@ class Line:
     def usd(self) -> float:
         return self.useful_usd + self.lost_usd
 
-    def add(self, a: AttemptCost, now: float) -> None:
-        useful, lost = a.split(now)
-        per_s = a.usd_per_gpu_hour / 3600.0
-        self.useful_usd += useful * per_s
-        self.lost_usd += lost * per_s
-        self.gpu_s += useful + lost
+    def add(self, b: AttemptBill) -> None:
+        self.useful_usd += b.useful_usd
+        self.lost_usd += b.lost_usd
+        self.gpu_s += b.gpu_s
         self.attempts += 1
 
     def as_dict(self) -> dict[str, float]:
@@ -97,16 +185,25 @@ class CostReport:
     by_recipe: dict[str, Line]  # "train" for training
     by_seed_recipe: dict[tuple[int, str], Line]
     idle_usd: float | None  # None: no driver recorded the cluster
-    cluster_usd: float | None  # what the watched nodes cost in all, useful + lost + idle
+    cluster_usd: float | None  # what the watched nodes billed in all (their runs' useful + lost + idle)
     gpu_types: list[str]
+    total_usd: float = 0.0  # the bill: the watched nodes' and the unwatched runs' attempts
+    # the bill as (start, end, $/s) pieces: each snapshot of a watched run, each unwatched attempt
+    pieces: list[tuple[float, float, float]] = field(default_factory=list)
 
-    @property
-    def total_usd(self) -> float:
-        return self.campaign.usd + (self.idle_usd or 0.0)
+    def usd_at(self, times: Any) -> Any:
+        """The bill as it stood at each of `times` (a numpy array of unix times): the report's
+        cost over time, ending at `total_usd`."""
+        import numpy as np
+
+        out = np.zeros(len(times))
+        for start, end, per_s in self.pieces:
+            out += np.clip(times - start, 0.0, max(0.0, end - start)) * per_s
+        return out
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "campaign": self.campaign.as_dict(), "idle_usd": self.idle_usd, "total_usd": self.total_usd,
+            "campaign": self.campaign.as_dict(), "idle_usd": self.idle_usd, "cluster_usd": self.cluster_usd, "total_usd": self.total_usd,
             "by_seed": {str(s): v.as_dict() for s, v in self.by_seed.items()},
             "by_recipe": {r: v.as_dict() for r, v in self.by_recipe.items()},
             "by_seed_recipe": {f"{s}/{r}": v.as_dict() for (s, r), v in self.by_seed_recipe.items()},
@@ -141,22 +238,6 @@ def attempts_from_events(events: Iterable[dict[str, Any]]) -> tuple[list[Attempt
     return sorted(attempts.values(), key=lambda a: a.start), snapshots
 
 
-def _price(a: AttemptCost, snapshots: list[tuple[float, str, list[NodeIdentity]]], default: NodeIdentity | None) -> None:
-    """The attempt's price: its nodes' in the cluster snapshot nearest before its start."""
-    known: dict[str, NodeIdentity] = {}
-    for t, _, nodes in snapshots:
-        if t > a.start and known:
-            break
-        for n in nodes:
-            known[n.node_id] = n
-    mine = [known[n] for n in a.nodes if n in known]
-    if mine:
-        a.usd_per_gpu_hour = sum(n.usd_per_gpu_hour for n in mine) / len(mine)
-        a.gpu_type = mine[0].gpu_type
-    elif default is not None:
-        a.usd_per_gpu_hour, a.gpu_type = default.usd_per_gpu_hour, default.gpu_type
-
-
 def _close_open_attempts(attempts: list[AttemptCost], run_ends: dict[str, float], live_runs: set[str]) -> None:
     """An attempt with no end event ran until its driver stopped (or still runs)."""
     for a in attempts:
@@ -164,21 +245,28 @@ def _close_open_attempts(attempts: list[AttemptCost], run_ends: dict[str, float]
             a.end = max(run_ends[a.run], a.start)
 
 
-def _idle(snapshots, attempts: list[AttemptCost], run_ends: dict[str, float], now: float) -> tuple[float | None, float | None]:
-    """GPU-seconds × price of the watched nodes, minus what attempts used of them."""
-    if not snapshots:
-        return None, None
+def node_bills(snapshots: Snapshots, run_ends: Mapping[str, float]) -> dict[str, tuple[NodeBill, float | None]]:
+    """Each watched run's NodeBill and when it ended (None: still running, billed up to now)."""
+    bills: dict[str, NodeBill] = {}
+    for t, run, nodes in snapshots:
+        bills.setdefault(run, NodeBill()).snapshot(t, nodes)
+    return {run: (bill, run_ends.get(run)) for run, bill in bills.items()}
+
+
+def _pieces(snapshots: Snapshots, bills: Mapping[str, tuple[NodeBill, float | None]], now: float) -> list[tuple[float, float, float]]:
+    """Each snapshot of a watched run as a (start, end, $/s) piece of the bill: up to the run's
+    next snapshot, or its end."""
     by_run: dict[str, list[tuple[float, list[NodeIdentity]]]] = defaultdict(list)
     for t, run, nodes in snapshots:
         by_run[run].append((t, nodes))
-    cluster_usd = 0.0
+    out = []
     for run, snaps in by_run.items():
-        end = run_ends.get(run, now)
-        for i, (t, nodes) in enumerate(snaps):
-            t_next = snaps[i + 1][0] if i + 1 < len(snaps) else end
-            cluster_usd += sum(n.gpus * n.usd_per_gpu_hour / 3600.0 for n in nodes if n.alive) * max(0.0, t_next - t)
-    used = sum(a.seconds(now) * a.gpus * a.usd_per_gpu_hour / 3600.0 for a in attempts if a.run in by_run)
-    return max(0.0, cluster_usd - used), cluster_usd
+        end = bills[run][1]
+        for (t, nodes), nxt in zip(snaps, [*snaps[1:], (now if end is None else end, [])], strict=True):
+            bill = NodeBill()
+            bill.snapshot(t, nodes)
+            out.append((t, max(t, nxt[0]), bill.usd_per_s))
+    return out
 
 
 def cost_report(
@@ -202,13 +290,23 @@ def cost_report(
     for a in attempts:
         if committed is not None and a.outcome is None and a.run not in live_runs and a.committed_until is None:
             a.committed_until = committed(a)
-    for a in attempts:
-        _price(a, snapshots, default)
+    bills = node_bills(snapshots, run_ends)
     campaign, by_seed, by_recipe, by_sr = Line(), defaultdict(Line), defaultdict(Line), defaultdict(Line)
+    held = defaultdict(float)  # watched run → $ of the GPU time its attempts held
+    unwatched = 0.0
+    pieces = _pieces(snapshots, bills, now)
     for a in attempts:
+        bill = attempt_cost(a, nodes_at(snapshots, a.start), now, default)
+        a.usd_per_gpu_hour, a.gpu_type = bill.usd_per_gpu_hour, bill.gpu_type
         recipe = a.recipe or "train"
         for line in (campaign, by_seed[a.seed], by_recipe[recipe], by_sr[(a.seed, recipe)]):
-            line.add(a, now)
-    idle, cluster = _idle(snapshots, attempts, run_ends, now)
+            line.add(bill)
+        if a.run in bills:
+            held[a.run] += bill.usd
+        else:
+            unwatched += bill.usd
+            pieces.append((a.start, a.start + a.seconds(now), a.gpus * bill.usd_per_gpu_hour / 3600.0))
+    cluster = sum(bill.usd(now if end is None else end) for bill, end in bills.values()) if bills else None
+    idle = sum(max(0.0, bill.usd(now if end is None else end) - held[run]) for run, (bill, end) in bills.items()) if bills else None
     types = sorted({a.gpu_type for a in attempts})
-    return CostReport(attempts, campaign, dict(by_seed), dict(by_recipe), dict(by_sr), idle, cluster, types)
+    return CostReport(attempts, campaign, dict(by_seed), dict(by_recipe), dict(by_sr), idle, cluster, types, (cluster or 0.0) + unwatched, pieces)

@@ -111,7 +111,7 @@ def progress_line(st: CampaignStatus) -> str:
 
 def cost_table(c: CostReport, detail: bool = True) -> Table:
     """Per recipe and per seed; `detail` adds a row per (seed, recipe)."""
-    t = Table(title="cost (GPU-hours × price)", title_justify="left")
+    t = Table(title="cost (GPU-hours × price)", title_justify="left", caption="campaign = every watched node's time at its price, idle included", caption_justify="left")
     for col in ("seed", "recipe", "attempts", "GPU-h", "useful", "lost", "total"):
         t.add_column(col, justify="left" if col in ("seed", "recipe") else "right")
 
@@ -128,7 +128,7 @@ def cost_table(c: CostReport, detail: bool = True) -> Table:
         row(str(seed), "all", line)
     row("all", "[bold]units[/]", c.campaign)
     if c.idle_usd is not None:
-        t.add_row("all", "[yellow]idle GPUs[/]", "", "", "", "", usd(c.idle_usd))
+        t.add_row("all", "[yellow]idle nodes[/]", "", "", "", "", usd(c.idle_usd))
     t.add_row("all", "[bold]campaign[/]", "", "", "", "", f"[bold]{usd(c.total_usd)}[/]")
     return t
 
@@ -140,7 +140,7 @@ def cost_lines(c: CostReport) -> list[str]:
     if c.idle_usd is None:
         out.append("idle: unknown (no driver recorded the cluster)")
     elif c.idle_usd >= 0.005:
-        out.append(f"idle: {usd(c.idle_usd)} of GPU time no unit used while a driver watched the cluster")
+        out.append(f"idle: {usd(c.idle_usd)} of node time no unit used while a driver watched the cluster (each node at its own price)")
     return out
 
 

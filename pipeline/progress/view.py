@@ -15,7 +15,7 @@ from typing import Any
 from pipeline.ledger import Ledger, latest_states
 from pipeline.progress.cost import CostReport, cost_report
 from pipeline.progress.estimators import Batches, Estimate, bpb_estimate
-from pipeline.progress.pricing import NodeIdentity
+from pipeline.progress.pricing import NodeIdentity, spec_node
 from pipeline.progress.stopping import estimate_key
 from pipeline.spec import CampaignSpec, EvalRecipe
 from pipeline.store import Layout, Store, newest
@@ -161,8 +161,7 @@ def campaign_status(spec: CampaignSpec, store: Store, now: float | None = None, 
     now = time.time() if now is None else now
     layout = Layout(spec.name)
     events = Ledger(store, layout, "status").events()  # in time order
-    p = spec.cluster.pricing
-    default = NodeIdentity("spec", True, 0.0, p.gpu_type, p.usd_per_gpu_hour)
+    default = spec_node(spec.cluster.pricing)
     cost = cost_report(events, now, {live_run} if live_run else set(), default, lambda a: committed_until(store, layout, a.unit, a.attempt))
     latest = latest_states(events)
     running = {u for u, e in latest.items() if e["state"] == "RUNNING" and e.get("run") == live_run}

@@ -180,7 +180,7 @@ def build_report(spec: CampaignSpec, store: Store, baseline: Baseline | None = N
     return Report(
         spec.name, store.uri, now, list(spec.seeds), spec.fingerprint(), campaign.get("fingerprint"),
         {k: data.get(k) for k in ("shards", "tokenizer", "val_tokens") if k in data},
-        recipes, trains, status.cost, timeline(status.cost.attempts, flushes, total_batches, now), attempts,
+        recipes, trains, status.cost, timeline(status.cost, flushes, total_batches, now), attempts,
         replace(compare_stacks(attempts), spans=spanned_groups(events)), commands, baseline,
     )
 

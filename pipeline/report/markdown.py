@@ -113,7 +113,8 @@ def _cost(report: Report) -> list[str]:
         out.append(f"| {name} | {line.usd:.4f} | {line.useful_usd:.4f} | {line.lost_usd:.4f} | {line.gpu_s / 3600:.4f} | {line.attempts} |")
     out.append(f"| **campaign** | {c.campaign.usd:.4f} | {c.campaign.useful_usd:.4f} | {c.campaign.lost_usd:.4f} | {c.campaign.gpu_s / 3600:.4f} | {c.campaign.attempts} |")
     idle = "not recorded (no driver watched the cluster)" if c.idle_usd is None else f"${c.idle_usd:.4f}"
-    return out + ["", f"Idle GPU time: {idle}; total ${c.total_usd:.4f}. GPU types: {', '.join(c.gpu_types) or '-'}.", ""]
+    return out + ["", f"Idle node time (billed while a driver watched, no unit on it): {idle}; the campaign's bill ${c.total_usd:.4f}. "
+                  f"GPU types: {', '.join(c.gpu_types) or '-'}.", ""]
 
 
 def _provenance(report: Report) -> list[str]:

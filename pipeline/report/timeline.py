@@ -1,7 +1,8 @@
 """Cost and progress over time, from the ledger and the segments' flush times (README "Reports").
 
-$ at time t: every attempt's GPUs × its price, over the part of its run before t (the attempts of
-`pipeline/progress/cost.py`, priced there). Progress at t: eval batches whose segments were
+$ at time t: the campaign's bill as it stood at t (`pipeline/progress/cost.py`: every watched
+node's time at its price, idle included, and the attempts no driver watched), ending at the total
+`pipeline cost` prints. Progress at t: eval batches whose segments were
 flushed by t, over all batches the campaign's evals plan.
 """
 
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.progress.cost import AttemptCost
+from pipeline.progress.cost import CostReport
 
 POINTS = 200
 
@@ -20,8 +21,8 @@ POINTS = 200
 class Timeline:
     start: float  # unix time of the first attempt
     t_s: np.ndarray  # seconds since start
-    usd: np.ndarray  # cumulative $ (useful and lost; idle is not per-time in the ledger)
-    priced: bool  # False: no attempt in the ledger (evals run by hand), so no cost
+    usd: np.ndarray  # the cumulative bill
+    priced: bool  # False: nothing billed in the ledger (evals run by hand), so no cost
     eval_done: np.ndarray  # share of all planned eval batches done
     trains: list[tuple[int, float, float]]  # (seed, start s, end s) of each training attempt
 
@@ -32,18 +33,16 @@ class Timeline:
         }
 
 
-def timeline(attempts: list[AttemptCost], flushes: list[tuple[float, int]], total_batches: int, now: float) -> Timeline | None:
+def timeline(cost: CostReport, flushes: list[tuple[float, int]], total_batches: int, now: float) -> Timeline | None:
     """`flushes`: (time, batches) of every segment of the campaign's evals."""
-    if not attempts and not flushes:
+    attempts = cost.attempts
+    if not attempts and not flushes and not cost.pieces:
         return None
     # `pipeline eval` by hand writes segments but no ledger attempts: progress without cost
-    start = min([a.start for a in attempts] + [t for t, _ in flushes])
-    end = max([a.end if a.end is not None else now for a in attempts] + [t for t, _ in flushes])
+    start = min([a.start for a in attempts] + [t for t, _ in flushes] + [p[0] for p in cost.pieces])
+    end = max([a.end if a.end is not None else now for a in attempts] + [t for t, _ in flushes] + [p[1] for p in cost.pieces])
     grid = np.linspace(start, max(end, start + 1.0), POINTS)
-    usd = np.zeros(POINTS)
-    for a in attempts:
-        a_end = a.end if a.end is not None else now
-        usd += np.clip(grid - a.start, 0.0, max(0.0, a_end - a.start)) * a.gpus * a.usd_per_gpu_hour / 3600.0
+    usd = cost.usd_at(grid)
     done = np.zeros(POINTS)
     if flushes and total_batches:
         times = np.array([t for t, _ in flushes])
@@ -53,4 +52,4 @@ def timeline(attempts: list[AttemptCost], flushes: list[tuple[float, int]], tota
         idx = np.searchsorted(times[order], grid, side="right")
         done = np.where(idx > 0, cum[np.maximum(idx - 1, 0)], 0.0) / total_batches
     trains = [(a.seed, a.start - start, (a.end if a.end is not None else now) - start) for a in attempts if a.recipe is None]
-    return Timeline(start, grid - start, usd, bool(attempts), np.minimum(done, 1.0), trains)
+    return Timeline(start, grid - start, usd, bool(cost.pieces), np.minimum(done, 1.0), trains)
