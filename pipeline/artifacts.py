@@ -5,8 +5,9 @@ The driver (and `pipeline eval`) imports each artifact into the store once, as t
 training: the file under `seeds/<seed>/train/model-imported-<sha256[:12]>.ptz` and a manifest naming
 it, its sha256 and where it came from, written create-only and last, as a training commits. From
 there the evals read it like any trained seed's, on any node, and the campaign fingerprint holds
-the artifact's content digest rather than its path (pipeline/campaign.py). No torch here: the
-format is read by the eval (workers/adapters.py).
+the artifact's content digest rather than its path (pipeline/campaign.py). So an artifact is loaded
+as the evals load it (workers/adapters.py, imported only for that check) before anything is
+written: a committed artifact no eval can load would hold the campaign to its digest for good.
 """
 
 from __future__ import annotations
@@ -21,12 +22,28 @@ IMPORT_MANIFEST_VERSION = 1
 
 
 def check_artifacts(spec: CampaignSpec, source: str) -> None:
-    """Every artifact is a readable local file (one line naming the field), before any write."""
-    for seed, path in (spec.artifacts or {}).items():
+    """Every artifact is a local file the evals can load (one line naming the field), before any write."""
+    for seed, path in sorted((spec.artifacts or {}).items()):
         if "://" in path:
             raise ValueError(f"{source}: artifacts.{seed}: {path}: give a local file (it is copied into the store)")
         if not Path(path).is_file():
             raise FileNotFoundError(f"{source}: artifacts.{seed}: {path} does not exist")
+        try:
+            blob = Path(path).read_bytes()
+        except OSError as e:
+            raise FileNotFoundError(f"{source}: artifacts.{seed}: {path}: cannot read ({e.strerror})") from None
+        _check_loads(spec, blob, f"{source}: artifacts.{seed}: {path}")
+
+
+def _check_loads(spec: CampaignSpec, blob: bytes, where: str) -> None:
+    from workers.adapters import load_eval_model  # torch: only where an artifact is checked
+
+    try:
+        load_eval_model(blob, where, hashlib.sha256(blob).hexdigest(), spec)
+    except ValueError:
+        raise  # the loader's own line, naming `where`
+    except Exception as e:  # noqa: BLE001 - a model adapter is the user's code: whatever it raises is one line
+        raise ValueError(f"{where}: the evals cannot load it: {type(e).__name__}: {' '.join(str(e).split())[:200]}") from None
 
 
 def imported_name(digest: str) -> str:

@@ -198,9 +198,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from pipeline.spec import load_spec
+    from pipeline.artifacts import check_artifacts
+    from pipeline.driver import resolve_paths
+    from pipeline.spec import ScriptTrain, load_spec
 
     spec = load_spec(args.spec)
+    if not args.spec_only:  # what `run` reads on this machine before it starts: the script, the artifacts
+        local = resolve_paths(spec)
+        if isinstance(local.train, ScriptTrain) and not local.train.script_file().is_file():
+            raise FileNotFoundError(f"{args.spec}: train.script: {local.train.script_file()} does not exist (--spec-only: check the file alone)")
+        check_artifacts(local, args.spec)
     print(f"{args.spec}: ok ({spec.name}, {len(spec.seeds)} seeds, {len(spec.evals)} evals, fingerprint {spec.fingerprint()[:12]})")
     for e in spec.evals:  # legality is read off each recipe's definition (README: Legality)
         print(f"  {e.name}: {e.legality.label} ({e.legality.why})")
@@ -246,8 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--take-over", action="store_true", help="take the unit from a `pipeline eval` whose lease has expired")
     e.set_defaults(func=cmd_eval)
 
-    v = sub.add_parser("validate", help="check a campaign file")
+    v = sub.add_parser("validate", help="check a campaign file, its script and its artifacts")
     v.add_argument("spec")
+    v.add_argument("--spec-only", action="store_true", help="the file alone, not the script or artifacts it names (a campaign for another machine)")
     v.set_defaults(func=cmd_validate)
 
     d = sub.add_parser("data", help="prepare tokenizer and shards").add_subparsers(dest="data_command", required=True)

@@ -22,7 +22,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 
-from pipeline.store import NotFoundError, Store, newest
+from pipeline.store import NotFoundError, Store, StoreError, newest
 
 LEASE_VERSION = 1
 _GEN_RE = re.compile(r"/(\d{8})\.json$")
@@ -36,6 +36,29 @@ def _gen(key: str) -> int | None:
 
 class LeaseHeld(RuntimeError):
     """Another live process holds the lease; the message names it and its heartbeat's age."""
+
+
+class LeaseUnreadable(LeaseHeld):
+    """The newest lease object is not one (a partial copy, a hand edit): who holds it cannot be
+    told, so only --take-over replaces it."""
+
+    def __init__(self, message: str, gen: int):
+        super().__init__(message)
+        self.gen = gen
+
+
+# The fields of a lease object and their types (bool is an int: pid and the rest must not be one).
+_FIELDS = {"host": str, "pid": int, "token": str, "started": (int, float), "heartbeat": (int, float), "ttl_s": (int, float), "what": str}
+
+
+def _malformed(obj: dict) -> str | None:
+    """Why a lease object (its version aside) is not one, or None."""
+    missing = [k for k in _FIELDS if k not in obj]
+    unknown = sorted(set(obj) - set(_FIELDS) - {"released"})
+    wrong = [k for k, t in _FIELDS.items() if k in obj and (not isinstance(obj[k], t) or isinstance(obj[k], bool))]
+    wrong += ["released"] if not isinstance(obj.get("released", False), bool) else []
+    parts = [f"{what} {', '.join(keys)}" for what, keys in (("no", missing), ("unknown key", unknown), ("wrong type:", wrong)) if keys]
+    return "; ".join(parts) or None
 
 
 @dataclass(frozen=True)
@@ -99,13 +122,27 @@ class Lease:
         if found is None:
             return 0, None
         gen = found[0]
+        where = f"{self.store.uri}/{self._key(gen)}"
         try:
             obj = self.store.get_json(self._key(gen))
         except NotFoundError:  # pruned between list and get: a newer one exists
             return self._newest()
-        if obj.get("version") != LEASE_VERSION:
-            raise LeaseHeld(f"{self.store.uri}/{self._key(gen)}: unknown lease version {obj.get('version')}")
-        obj.pop("version")
+        except StoreError as e:  # not JSON
+            obj, why = None, str(e).removeprefix(f"{where}: ")
+        else:
+            why = "not a JSON object" if not isinstance(obj, dict) else None
+        if why is None and obj.get("version") != LEASE_VERSION:
+            if isinstance(obj.get("version"), int):  # a newer code's lease: not ours to replace
+                raise LeaseHeld(f"{where}: unknown lease version {obj.get('version')}")
+            why = "no version"
+        if why is None:
+            obj = {k: v for k, v in obj.items() if k != "version"}
+            why = _malformed(obj)
+        if why is not None:
+            raise LeaseUnreadable(
+                f"{where}: not a lease object ({why}): who holds {self.name} cannot be told; once no process "
+                "runs it, run with --take-over to replace the object", gen,
+            )
         return gen, Holder(**obj)
 
     def holder(self) -> Holder | None:
@@ -122,7 +159,12 @@ class Lease:
 
     def acquire(self, take_over: bool = False) -> Holder | None:
         """Take the lease or raise LeaseHeld. Returns the holder it replaced (None if there was none)."""
-        gen, held = self._newest()
+        try:
+            gen, held = self._newest()
+        except LeaseUnreadable as e:
+            if not take_over:
+                raise
+            gen, held = e.gen, None
         now = time.time()
         if held is not None and not held.free_for(now, take_over):
             expired = held.age(now) > held.ttl_s
@@ -167,7 +209,10 @@ class Lease:
         if self._thread is not None:
             self._thread.join()
         if self.gen is not None and not self.lost.is_set():
-            gen, held = self._newest()
+            try:
+                gen, held = self._newest()
+            except LeaseUnreadable:  # someone broke the newest object: ours is not it, nothing to release
+                gen, held = -1, None
             if gen == self.gen and held is not None and held.token == self.token:
                 self.store.put_json(self._key(self.gen), self._me(released=True))
         self.gen = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from pathlib import Path
 from dataclasses import dataclass
@@ -170,6 +171,22 @@ SECRET_ENV_RE = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|CRE
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
+# A RunPod secret reference (`{{ RUNPOD_SECRET_name }}`): RunPod puts the secret in at start; the
+# pod's env holds only the reference.
+_RUNPOD_SECRET_REF_RE = re.compile(r"\{\{\s*RUNPOD_SECRET_\w+\s*\}\}")
+
+
+def check_env(env: dict[str, str], stored: str, refs_ok: bool = False) -> dict[str, str]:
+    """Names only, and no credential by name (`stored` says where the value would be kept and what to
+    do instead); `refs_ok`: a value that is a RunPod secret reference is not the secret."""
+    for k, value in env.items():
+        if not _ENV_NAME_RE.fullmatch(k):
+            raise ValueError(f"{k!r} is not an environment variable name")
+        if SECRET_ENV_RE.search(k) and not (refs_ok and _RUNPOD_SECRET_REF_RE.fullmatch(value.strip())):
+            raise ValueError(f"{k}: looks like a credential, and {stored}")
+    return env
+
+
 def _relative(v: str, field: str) -> str:
     parts = Path(v).parts
     if not parts or Path(v).is_absolute() or ".." in parts:
@@ -234,13 +251,9 @@ class ScriptTrain(_Strict):
     @classmethod
     def _env(cls, v: dict[str, str]) -> dict[str, str]:
         for k in v:
-            if not _ENV_NAME_RE.fullmatch(k):
-                raise ValueError(f"{k!r} is not an environment variable name")
             if k in SCRIPT_ENV:
                 raise ValueError(f"{k}: set by the pipeline for each rank (SEED from the campaign's seeds)")
-            if SECRET_ENV_RE.search(k):
-                raise ValueError(f"{k}: looks like a credential, and the spec is stored; leave it in the nodes' environment and name it in pass_env")
-        return v
+        return check_env(v, "the spec is stored; leave it in the nodes' environment and name it in pass_env")
 
     @field_validator("artifacts")
     @classmethod
@@ -483,13 +496,32 @@ class LocalCluster(_Strict):
     num_gpus: int = Field(4, ge=0)
 
 
+# Sanity bounds on money (finite; `.inf` or 1e300 is a typo, not a budget): far above any campaign
+# or GPU RunPod rents (an 8×B200 pod is ~$50/h), far below what would hide a mistake.
+MAX_BUDGET_USD = 1_000_000.0
+MAX_USD_PER_GPU_HOUR = 100.0
+
+
+def _at_most(limit: float, unit: str):
+    def check(v: float | None) -> float | None:
+        if v is not None and not (math.isfinite(v) and v <= limit):
+            raise ValueError(f"{v:g} is not a sane amount: give a finite number, at most {limit:,.0f} {unit}")
+        return v
+
+    return AfterValidator(check)
+
+
+UsdPerGpuHour = Annotated[float, _at_most(MAX_USD_PER_GPU_HOUR, "$ per GPU-hour")]
+BudgetUsd = Annotated[float | None, _at_most(MAX_BUDGET_USD, "$")]
+
+
 class Pricing(_Strict):
     """What a GPU costs where the node does not say (a RunPod pod's labels say it: README "Cost").
     Locally it prices the logical GPU slots as the GPUs they stand for, so the demo's figures read
     like a pod's."""
 
     gpu_type: str = Field("unknown", min_length=1, description="shown in cost and status tables")
-    usd_per_gpu_hour: float = Field(0.0, ge=0, description="$ per GPU-hour; 0 = cost unknown")
+    usd_per_gpu_hour: UsdPerGpuHour = Field(0.0, ge=0, description=f"$ per GPU-hour; 0 = cost unknown; at most {MAX_USD_PER_GPU_HOUR:g}")
 
 
 class ClusterSpec(_Strict):
@@ -535,6 +567,11 @@ class PodConfig(_Strict):
     env: dict[str, str] = Field(default_factory=dict)
     docker_args: str = ""
 
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        return check_env(v, "RunPod shows a pod's env to everyone on the account; use a RunPod secret ('{{ RUNPOD_SECRET_name }}')", refs_ok=True)
+
     @field_validator("ports")
     @classmethod
     def _ports(cls, v: list[str]) -> list[str]:
@@ -556,7 +593,7 @@ class CampaignSpec(_Strict):
     checkpoint_every_s: float = Field(60.0, gt=0, description="eval progress is flushed to the store this often")
     results_dir: str = Field("results", description="where summaries are written, under <results_dir>/<name>/")
     cluster: ClusterSpec = ClusterSpec()
-    budget_usd: float | None = Field(
+    budget_usd: BudgetUsd = Field(
         None, gt=0, description="start no unit once $ spent + $ projected to finish would pass this (README \"Budget\")"
     )
     artifacts: dict[int, str] | None = later(

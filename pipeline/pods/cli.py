@@ -38,6 +38,40 @@ def _target(args, pod):
     return SSHTarget(pod.ssh.host, pod.ssh.port, args.user, args.key, known, args.trust_new_host, args.ssh_timeout)
 
 
+def _host_port(value: str) -> tuple[str, int] | None:
+    """HOST:PORT (a bracketed IPv6 host too), or None when it is not one."""
+    host, sep, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or any(c.isspace() or c in "/@" for c in host) or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host, int(port)
+
+
+RAY_PROBE_S = 5.0  # a GCS that is up accepts at once; one that is not would make ray.init retry for minutes
+
+
+def _ray_connect(address: str) -> None:
+    """Join the Ray cluster at --ray, or one line saying why not. ray.init retries an address with
+    no GCS for minutes, so a HOST:PORT (or ray://HOST:PORT) is first tried with a short connect."""
+    import socket
+
+    import ray
+
+    hp = _host_port(address.removeprefix("ray://"))
+    if address not in ("auto", "local") and hp is None:
+        raise ValueError(f"--ray {address}: not a Ray address: give HOST:PORT (the head's GCS, e.g. 127.0.0.1:6379), ray://HOST:PORT or auto")
+    if hp is not None:
+        try:
+            socket.create_connection(hp, timeout=RAY_PROBE_S).close()
+        except OSError as e:
+            why = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+            raise ValueError(f"--ray {address}: no Ray answers there ({why} after at most {RAY_PROBE_S:g} s): is the head up, and is that its GCS port?") from None
+    try:
+        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+    except (ConnectionError, RuntimeError) as e:
+        raise ValueError(f"--ray {address}: cannot join the Ray cluster: {' '.join(str(e).split())[:200]}") from None
+
+
 def _ray_view(address: str | None):
     if not address:
         return None
@@ -46,7 +80,7 @@ def _ray_view(address: str | None):
     from pipeline.pods.health import ray_pod_nodes
 
     if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+        _ray_connect(address)
     return ray_pod_nodes()
 
 
@@ -96,6 +130,10 @@ def cmd_cost(args) -> int:
     return 0
 
 
+# `pods up` flags that describe the pod (PodConfig's fields); --type takes them from cluster.yaml.
+_UP_FLAGS = ("gpu_type", "gpu_count", "image", "container_disk_gb", "volume_gb", "network_volume_id", "cloud_type")
+
+
 def _cluster_doc(path: Path) -> dict:
     import yaml
 
@@ -129,7 +167,19 @@ def _cluster_name(args, what: str) -> str:
 def _pod_config(args):
     from pipeline.spec import parse_pod_config
 
+    if args.count < 1:
+        raise ValueError(f"pods up: --count {args.count}: must be at least 1")
+    env = {}
+    for e in args.env or ():
+        k, eq, v = e.partition("=")
+        if not eq:
+            raise ValueError(f"pods up: --env {e}: give NAME=VALUE")
+        env[k] = v
     if args.type:
+        given = [f for f in _UP_FLAGS if getattr(args, f) is not None] + (["env"] if env else [])
+        if given:  # the node type says all of it: a flag beside it would be dropped without a word
+            flags = ", ".join("--" + f.replace("_", "-") for f in given)
+            raise ValueError(f"pods up: {flags}: not used with --type {args.type} (its node_config in {args.cluster_config} says it); drop them or leave out --type")
         path = Path(args.cluster_config)
         types = _cluster_doc(path).get("available_node_types") or {}
         if args.type not in types:
@@ -137,12 +187,10 @@ def _pod_config(args):
         return parse_pod_config(types[args.type].get("node_config"), f"{path}: available_node_types.{args.type}.node_config")
     if not args.gpu_type:
         raise ValueError("pods up: give --type (a node type of cluster.yaml) or --gpu-type")
-    raw = {"gpu_type_id": args.gpu_type, "gpu_count": args.gpu_count}
-    for k in ("image", "container_disk_gb", "volume_gb", "network_volume_id", "cloud_type"):
+    raw = {"gpu_type_id": args.gpu_type, "gpu_count": 1 if args.gpu_count is None else args.gpu_count, "env": env}
+    for k in _UP_FLAGS[2:]:
         if getattr(args, k) is not None:
             raw[k] = getattr(args, k)
-    if args.env:
-        raw["env"] = dict(e.split("=", 1) if "=" in e else (e, "") for e in args.env)
     return parse_pod_config(raw, "pipeline pods up")
 
 
@@ -161,9 +209,18 @@ def cmd_up(args) -> int:
 
 
 def cmd_stop(args) -> int:
+    from pipeline.pods.client import RunPodError
+
     client = _client()
-    for pid in args.pods:
-        print(f"{pid}: {client.stop_pod(pid) or 'stopped'}")
+    failed = []
+    for pid in args.pods:  # one unknown id does not keep the others running (and billing)
+        try:
+            print(f"{pid}: {client.stop_pod(_find(client, pid).id) or 'stopped'}")
+        except (RunPodError, LookupError) as e:
+            failed.append(str(e))
+    if failed:
+        stopped = len(args.pods) - len(failed)
+        raise LookupError(f"pods stop: {'; '.join(failed)} ({stopped} of {len(args.pods)} stopped)")
     return 0
 
 
@@ -218,6 +275,8 @@ def cmd_bootstrap(args) -> int:
     from pipeline.pods.bootstrap import bootstrap
     from pipeline.pods.ssh import SSH
 
+    if args.head != "self" and _host_port(args.head) is None:
+        raise ValueError(f"pods bootstrap: --head {args.head}: not an address: give HOST:PORT (the Ray head as the pod reaches it, e.g. 10.0.0.5:6379) or 'self'")
     pod = _find(_client(), args.pod)
     token = _ray_token(args)
     with SSH(_target(args, pod), log=print) as s:
@@ -314,7 +373,7 @@ def add_pods_parser(sub) -> None:
     _cluster_flags(p)
     p.add_argument("--count", type=int, default=1)
     p.add_argument("--gpu-type", help="RunPod GPU type id, e.g. 'NVIDIA H100 80GB HBM3'")
-    p.add_argument("--gpu-count", type=int, default=1)
+    p.add_argument("--gpu-count", type=int, help="GPUs of the pod (default 1)")
     p.add_argument("--image")
     p.add_argument("--container-disk-gb", type=int)
     p.add_argument("--volume-gb", type=int)

@@ -66,8 +66,12 @@ class RunPodClient:
         """The key from RUNPOD_API_KEY, else from the file KEY_FILE (where `ray up` mounts it on
         the head, cluster.yaml: file_mounts), so it is never written in a config or a command."""
         key = os.environ.get(KEY_ENV, "")
-        if not key and KEY_FILE.expanduser().is_file():
-            key = KEY_FILE.expanduser().read_text().strip()
+        path = KEY_FILE.expanduser()
+        if not key and path.is_file():
+            mode = path.stat().st_mode & 0o777
+            if mode & 0o077:  # as ssh refuses a private key others can read: the key rents pods on the account
+                raise RunPodError(f"{path}: the RunPod key file is open to other users (mode {mode:04o}): chmod 600 {path}")
+            key = path.read_text().strip()
         return cls(key, url=os.environ.get(URL_ENV) or API_URL, **kw)
 
     def __repr__(self) -> str:  # never the key

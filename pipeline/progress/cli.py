@@ -39,8 +39,12 @@ def resolve_campaign(arg: str):
 def live_driver(spec, store) -> tuple[str | None, str | None]:
     """(run id, description) of the driver that holds the campaign now, if one does."""
     from pipeline.driver import campaign_lease
+    from pipeline.lease import LeaseUnreadable
 
-    h = campaign_lease(store, spec).holder()
+    try:
+        h = campaign_lease(store, spec).holder()
+    except LeaseUnreadable as e:  # the campaign is still shown; what is running cannot be told
+        return None, f"unknown: {e}"
     now = time.time()
     return (h.token, h.describe(now)) if h is not None and h.live(now) else (None, None)
 

@@ -96,6 +96,7 @@ def status_lines(st: CampaignStatus) -> list[str]:
     )
     out += [f"waiting: {w}" for w in st.waiting.values()]
     out += [f"FAILED {u}: {msg}" for u, msg in st.failed.items()]
+    out += [f"UNREADABLE train/{t.seed}: {t.error}" for t in st.trains if t.state == "UNREADABLE"]
     return out
 
 

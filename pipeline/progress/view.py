@@ -18,7 +18,7 @@ from pipeline.progress.estimators import Batches, Estimate, bpb_estimate
 from pipeline.progress.pricing import NodeIdentity, spec_node
 from pipeline.progress.stopping import estimate_key
 from pipeline.spec import CampaignSpec, EvalRecipe
-from pipeline.store import Layout, Store, newest
+from pipeline.store import Layout, Store, StoreError, newest
 from workers.segments import load_progress  # json only: no torch in the status view
 
 RATE_WINDOW_S = 600.0  # windows/s is measured over the segments of the last ten minutes
@@ -179,15 +179,15 @@ def campaign_status(spec: CampaignSpec, store: Store, now: float | None = None, 
     trains = []
     for seed in spec.seeds:
         u = f"train/{seed}"
-        state, steps = "PENDING", None
+        state, steps, unreadable = "PENDING", None, None
         if store.exists(layout.manifest(seed)):
-            state, steps = "DONE", store.get_json(layout.manifest(seed)).get("train", {}).get("steps")
+            state, steps, unreadable = _manifest_steps(store, layout.manifest(seed))
         elif u in running:
             state = "RUNNING"
         elif u in failed:
             state = "FAILED"
         line = cost.by_seed_recipe.get((seed, "train"))
-        t = TrainStatus(seed, state, steps, line.usd if line else 0.0, failed.get(u))
+        t = TrainStatus(seed, state, steps, line.usd if line else 0.0, unreadable or failed.get(u))
         if state == "RUNNING":
             t.steps, t.planned_steps, t.last_val = training_progress(spec, store, layout, seed)
         trains.append(t)
@@ -201,6 +201,20 @@ def campaign_status(spec: CampaignSpec, store: Store, now: float | None = None, 
     snaps = [e for e in events if e.get("event") == "cluster" and e.get("run") == (live_run or newest)]
     nodes = [NodeIdentity.from_dict(n) for n in max(snaps, key=lambda e: e["time"])["nodes"]] if snaps else []
     return CampaignStatus(spec.name, store.uri, now, trains, evals, cost, waiting, failed, nodes=nodes)
+
+
+def _manifest_steps(store: Store, key: str) -> tuple[str, int | None, str | None]:
+    """(state, steps, error) of a seed whose training manifest is in the store: DONE, or UNREADABLE
+    with why (a corrupt manifest marks its seed; the rest of the status still shows)."""
+    try:
+        m = store.get_json(key)
+    except StoreError as e:
+        return "UNREADABLE", None, str(e)
+    train = m.get("train", {}) if isinstance(m, dict) else None
+    if not isinstance(train, dict):
+        return "UNREADABLE", None, f"{store.uri}/{key}: not a training manifest"
+    steps = train.get("steps")
+    return "DONE", steps if isinstance(steps, int) else None, None
 
 
 def _price_unstarted(evals: list[EvalStatus]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +57,18 @@ def write_report(
     return files
 
 
+def _check_writable(out: Path, what: str) -> None:
+    """The report's folder can be made and written, before the store is read for it or anything is
+    written (the folder is made only once there is a report to put in it)."""
+    top = out
+    while not top.exists() and top != top.parent:  # the nearest folder that is there already
+        top = top.parent
+    if not top.is_dir():
+        raise ValueError(f"{what}: {out}: cannot write the report there ({top} is not a directory)")
+    if not os.access(top, os.W_OK | os.X_OK):
+        raise ValueError(f"{what}: {out}: cannot write the report there ({top} is not writable)")
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from pipeline.progress.cli import live_driver, resolve_campaign
     from pipeline.report.baseline import parse_baseline
@@ -68,8 +81,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise ValueError(f"--bytes-code {args.bytes_code}: must be >= 0")
     run, _ = live_driver(spec, store)
     out = Path(args.results_dir or spec.results_dir) / spec.name
+    _check_writable(out, "--results-dir" if args.results_dir else f"{args.campaign}: results_dir")
     campaign_file = args.campaign if Path(args.campaign).is_file() else None
-    files = write_report(spec, store, out, baseline, args.recipe, args.bytes_code, args.bundle, campaign_file, run)
+    try:
+        files = write_report(spec, store, out, baseline, args.recipe, args.bytes_code, args.bundle, campaign_file, run)
+    except OSError as e:  # what the check above cannot see coming (a full disk, a folder made read-only meanwhile)
+        raise ValueError(f"{e.filename or out}: cannot write the report: {e.strerror or e}") from None
     print(f"report: {files.report_md} (+ {files.report_json.name}"
           + "".join(f", {p.name}" for p in files.pictures.values())
           + (f", {files.submission.name}" if files.submission else "") + ")")

@@ -172,3 +172,109 @@ def test_eval_on_s3_checks_before_writing(data_dir, tmp_path, capsys, s3_bucket)
     before = _snapshot(store)
     _refused(capsys, ["eval", str(_spec_file(spec, tmp_path)), "--seed", "2", "--recipe", "sw"], "seeds/2/train/manifest.json")
     assert _snapshot(store) == before
+
+
+# --- spec values, files a spec names, and what status/report read from the store ----------------
+
+MINIMAL = "name: x\nseeds: [1]\ndata: {shards: d, tokenizer: t}\n"
+
+
+@pytest.mark.parametrize(
+    "extra, line",
+    [
+        ("budget_usd: .inf", "budget_usd: Value error, inf is not a sane amount: give a finite number, at most 1,000,000 $"),
+        ("budget_usd: 1e300", "budget_usd: Value error, 1e+300 is not a sane amount: give a finite number, at most 1,000,000 $"),
+        ("cluster: {pricing: {usd_per_gpu_hour: 1.0e+9}}",
+         "cluster.pricing.usd_per_gpu_hour: Value error, 1e+09 is not a sane amount: give a finite number, at most 100 $ per GPU-hour"),
+        ("cluster: {pricing: {usd_per_gpu_hour: .inf}}",
+         "cluster.pricing.usd_per_gpu_hour: Value error, inf is not a sane amount: give a finite number, at most 100 $ per GPU-hour"),
+    ],
+)
+def test_absurd_money_is_refused(tmp_path, capsys, extra, line):
+    f = tmp_path / "c.yaml"
+    f.write_text(MINIMAL + extra + "\n")
+    assert _refused(capsys, ["validate", str(f)]) == f"error: {f}: {line}"
+
+
+def test_validate_checks_the_script_it_names(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    f = tmp_path / "c.yaml"
+    f.write_text(MINIMAL + "train: {kind: script, script: rec, world_size: 1}\ncluster: {accelerator: cpu}\n")
+    line = _refused(capsys, ["validate", str(f)])
+    assert line == f"error: {f}: train.script: {tmp_path / 'rec'} does not exist (--spec-only: check the file alone)"
+    assert main(["validate", "--spec-only", str(f)]) == 0
+    (tmp_path / "rec").mkdir()
+    (tmp_path / "rec" / "train_gpt.py").write_text("print('hi')\n")
+    assert main(["validate", str(f)]) == 0
+
+
+def _eval_only_file(data_dir, tmp_path, artifact: Path) -> Path:
+    from tests.pipeline.test_eval_only import eval_only, write
+
+    return write(tmp_path, eval_only(data_dir, tmp_path, artifact))
+
+
+def test_an_artifact_no_eval_can_load_is_refused_before_the_store_and_a_fixed_one_runs(data_dir, tmp_path, capsys):
+    from tests.workers.helpers import baseline_artifact
+    from tests.workers.test_adapters import random_gpt
+
+    art = tmp_path / "a.ptz"
+    art.write_bytes(b"not an artifact at all")
+    f = _eval_only_file(data_dir, tmp_path, art)
+    why = f"error: {f}: artifacts.1: {art}: not a readable artifact (Error -3 while decompressing data: incorrect header check)"
+    assert _refused(capsys, ["validate", str(f)]) == why
+    assert _refused(capsys, ["eval", str(f), "--seed", "1", "--recipe", "sliding-exact"]) == why
+    store = tmp_path / "store"
+    assert not store.exists() or open_store(str(store)).list() == []  # no campaign.json holding it to that digest
+    art.write_bytes(baseline_artifact(random_gpt(1).state_dict()))  # the user fixes the file
+    assert main(["validate", str(f)]) == 0
+    assert main(["eval", str(f), "--seed", "1", "--recipe", "sliding-exact"]) == 0
+    assert "val_bpb" in capsys.readouterr().out
+
+
+def test_status_shows_the_campaign_beside_a_malformed_lease(trained, capsys):
+    from pipeline.driver import campaign_lease
+    from pipeline.lease import LeaseHeld
+
+    spec, f = trained
+    store, layout = open_store(spec.store), Layout(spec.name)
+    key = f"{layout.lease_dir}/00000003.json"
+    store.put(key, b'{"version": 1, "host": "h", "pid": "12"}')
+    capsys.readouterr()
+    assert main(["status", str(f)]) == 0
+    out = capsys.readouterr().out
+    assert "train" in out and "DONE" in out  # the campaign, as ever
+    assert (f"driver: unknown: {store.uri}/{key}: not a lease object (no token, started, heartbeat, ttl_s, what; wrong type: pid): "
+            f"who holds campaign 't' in {store.uri} cannot be told; once no process runs it, run with --take-over to replace the object") in " ".join(out.split())
+    store.put(key, b"{cut sho")  # a partial copy
+    assert main(["status", str(f), "--json"]) == 0 and "not valid JSON" in capsys.readouterr().out
+    # a driver refuses it in one line (LeaseHeld: exit 2) and takes it over when told to
+    lease = campaign_lease(store, spec)
+    with pytest.raises(LeaseHeld, match="not a lease object"):
+        lease.acquire()
+    assert lease.acquire(take_over=True) is None and lease.gen == 4 and not store.exists(key)
+    lease.release()
+
+
+def test_status_marks_a_corrupt_manifest_and_shows_the_rest(trained, capsys):
+    spec, f = trained
+    commit_random_model(spec, 2)
+    store, layout = open_store(spec.store), Layout(spec.name)
+    store.put(layout.manifest(1), b'{"version": 1, "train": {"ste')
+    capsys.readouterr()
+    assert main(["status", str(f)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "UNREADABLE" in out and "DONE" in out  # seed 1 marked, seed 2 shown
+    assert f"UNREADABLE train/1: {store.uri}/{layout.manifest(1)}: not valid JSON" in out
+    store.put(layout.manifest(1), b"[1, 2]")
+    assert main(["status", str(f)]) == 0
+    assert "not a training manifest" in capsys.readouterr().out
+
+
+def test_report_to_a_folder_that_cannot_be_made_is_one_line(trained, tmp_path, capsys):
+    spec, f = trained
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    line = _refused(capsys, ["report", str(f), "--bundle", "--results-dir", str(blocker / "res")])
+    assert line == f"error: --results-dir: {blocker / 'res' / spec.name}: cannot write the report there ({blocker} is not a directory)"
+    assert blocker.read_text() == "" and list(tmp_path.glob("**/bundle-*")) == []

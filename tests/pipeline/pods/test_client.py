@@ -155,4 +155,5 @@ def test_the_key_file_is_read_when_the_variable_is_unset(runpod, monkeypatch, tm
     monkeypatch.delenv("RUNPOD_API_KEY")
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / ".runpod_api_key").write_text(runpod.key + "\n")
+    (tmp_path / ".runpod_api_key").chmod(0o600)  # as the README says; open to others it is refused (test_cli_inputs)
     assert RunPodClient.from_env().list_pods() == []
