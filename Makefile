@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DATA := data/demo
 
-.PHONY: demo test install clean-demo ssh-server gpu-check
+.PHONY: demo test test-fast install clean-demo ssh-server gpu-check
 
 install: $(STAMP)
 
@@ -30,6 +30,11 @@ demo: $(STAMP) $(DEMO_DATA)/.ready
 
 test: $(STAMP) ssh-server
 	$(PY) -m pytest -q tests
+
+# The edit-run loop: every test that starts no Ray, no sshd and kills nothing (the `heavy` marker,
+# tests/conftest.py). `make test` stays the one that proves the faults.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not heavy" tests
 
 # The pods tests drive a real OpenSSH sshd on 127.0.0.1 (tests/pipeline/pods/conftest.py). Installed
 # here when missing (Debian/Ubuntu, as root, no prompts); where it cannot be, those tests skip and say so.

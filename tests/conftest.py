@@ -13,6 +13,22 @@ from pipeline.spec import CampaignSpec, parse_spec
 TINY_MODEL = {"vocab_size": 512, "num_layers": 2, "model_dim": 64, "num_heads": 4, "num_kv_heads": 2, "mlp_mult": 2}
 
 
+# `make test-fast` runs what is not heavy: no Ray instance, no sshd, no process killed or spawned as a
+# group. A test is heavy by the fixtures it asks for, by its module (real kills, its own Ray cluster),
+# or by its own @pytest.mark.heavy.
+HEAVY_FIXTURES = {"ray_local", "ray_cluster", "ray_head", "sshd"}
+HEAVY_MODULES = {
+    "test_kill.py", "test_fencing.py", "test_ttt_group.py", "test_script_train.py", "test_ray_job.py",
+    "test_capacity.py", "test_campaign_pods.py",  # their own Ray clusters
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if HEAVY_FIXTURES & set(item.fixturenames) or item.path.name in HEAVY_MODULES:
+            item.add_marker(pytest.mark.heavy)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _digest_cache(tmp_path_factory):
     """Data digests (pipeline/campaign.py) cached in the test session's temp dir, not ~/.cache."""

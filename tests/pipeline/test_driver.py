@@ -1,4 +1,5 @@
 import json
+import re
 import time
 
 import pytest
@@ -273,7 +274,7 @@ def test_a_second_driver_refuses_naming_the_first(data_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main(["run", str(f)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "is held by driver" in err[0] and "heartbeat 0 s ago" in err[0]
+    assert len(err) == 1 and "is held by driver" in err[0] and re.search(r"heartbeat \d+ s ago", err[0])  # 0 s, or 1 on a loaded box
     assert main(["run", str(f), "--take-over"]) == 2  # not expired: --take-over does not steal a live lease
     live.release()
 

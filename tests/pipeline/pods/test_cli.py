@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from pipeline.cli import main
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -129,6 +131,7 @@ def test_watch_goes_on_after_an_api_error(runpod, capsys, monkeypatch):
     assert f"{a}: alive" in out  # the second look
 
 
+@pytest.mark.heavy  # a Ray instance of its own
 def test_watch_stops_an_idle_pod_of_the_cluster_and_leaves_a_colleagues_alone(runpod, capsys, tmp_path, monkeypatch):
     import time
 
