@@ -29,7 +29,7 @@ def val_tokens_for(spec: CampaignSpec, val_tokens: int, gpus: int) -> int:
             w = recipe_work(e, n)
             if w.batches >= want and (e.ttt is None or w.ttt_chunks >= 2):
                 break
-            n = min(val_tokens, n * 2)
+            n = min(val_tokens, n * 3 // 2)
         need = max(need, n)
     return min(val_tokens, need)
 

@@ -124,11 +124,14 @@ def check_fits(spec: CampaignSpec, mix: Mix) -> None:
     leave it waiting for capacity)."""
     cap = Capacity(tuple(p.gpus for p in mix.pods), span=spec.cluster.groups_span_nodes)
     units = ([Unit.train(spec.seeds[0])] if spec.artifacts is None else []) + [Unit.eval(spec.seeds[0], e.name) for e in spec.evals]
+    stuck = []
     for u in units:
         need = unit_gpus(spec, u)
         if not cap.fits(need):
             what = "train" if u.kind == "train" else f"eval {u.recipe}"
-            raise ValueError(f"--pods {mix.name}: {what} (e.g. {u}) needs {need:g} GPUs; {cap.says(need)}: it could never run")
+            stuck.append(f"{what} (e.g. {u}) needs {need:g} GPUs; {cap.says(need)}")
+    if stuck:
+        raise ValueError(f"--pods {mix.name}: {' and '.join(stuck)}: {'they' if len(stuck) > 1 else 'it'} could never run")
 
 
 def simulate(spec: CampaignSpec, work: CampaignWork, mix: Mix, durations: Durations) -> SimResult:
