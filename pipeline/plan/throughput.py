@@ -9,6 +9,10 @@ its training clock), so one unit's time is
     startup_s + batches × batch_s      (an eval shard)
     startup_s + min(steps × step_s, max_wallclock_s)   (a training)
 
+Summed over attempts, not medians: seconds per batch is the attempts' batch seconds over their
+batches, start-up the attempts' mean, so the figures give back the measured run's unit-seconds (a
+first shard in a fresh worker process pays imports a reused one does not; a median drops it).
+
 The file is versioned JSON (pydantic); a table that does not parse is one line naming the file.
 """
 
@@ -32,7 +36,7 @@ class _Strict(BaseModel):
 class RecipeRate(_Strict):
     batch_s: float = Field(gt=0, description="seconds per batch of one unit (a k-GPU TTT unit's batch on its k GPUs)")
     startup_s: float = Field(ge=0, description="a unit's seconds outside its batches: start, model load, commit")
-    samples: int = Field(ge=1, description="attempts the figures are the median of")
+    samples: int = Field(ge=1, description="attempts the figures are summed over")
 
 
 class TrainRate(_Strict):
@@ -118,8 +122,8 @@ def table_from_store(spec, store, source: str) -> ThroughputTable:
     if not events:
         raise ValueError(f"{source}: the campaign's ledger is empty: no run to take figures from")
     report = cost_report(events, time.time(), default=spec_node(spec.cluster.pricing))
-    train: dict[str, list[tuple[float, float]]] = {}  # gpu type → (startup, step_s)
-    evals: dict[tuple[str, str], list[tuple[float, float]]] = {}  # (gpu type, recipe) → (startup, batch_s)
+    train: dict[str, list[tuple[float, float, int]]] = {}  # gpu type → (startup s, step-loop s, steps)
+    evals: dict[tuple[str, str], list[tuple[float, float, int]]] = {}  # (gpu type, recipe) → (startup s, batch s, batches)
     for a in report.attempts:
         if a.outcome != "DONE" or a.end is None:
             continue
@@ -128,29 +132,34 @@ def table_from_store(spec, store, source: str) -> ThroughputTable:
             if a.recipe is None:
                 t = store.get_json(layout.manifest(a.seed)).get("train") or {}
                 if t.get("steps") and t.get("wall_s") is not None and not t.get("resumed"):
-                    train.setdefault(a.gpu_type, []).append((max(0.0, secs - t["wall_s"]), t["wall_s"] / t["steps"]))
+                    train.setdefault(a.gpu_type, []).append((max(0.0, secs - t["wall_s"]), t["wall_s"], t["steps"]))
             else:
                 shard = int(a.unit.split("/")[3])
                 done = store.get_json(layout.shard_done(a.seed, a.recipe, shard))
                 run = done.get("run") or {}
-                n = run.get("scored_batches") or 0
+                n = done.get("batches") or 0  # the unit's batches: a k-rank group's rank 0 scores only its share
                 if done.get("attempt") == a.attempt and n > 0 and not run.get("resumed_batches"):
                     work = run.get("score_s", 0.0) + run.get("ttt_s", 0.0) + run.get("flush_s", 0.0)
-                    evals.setdefault((a.gpu_type, a.recipe), []).append((max(0.0, secs - work), work / n))
+                    evals.setdefault((a.gpu_type, a.recipe), []).append((max(0.0, secs - work), work, n))
         except NotFoundError:
             continue  # a commit another run replaced: its figures are not this attempt's
     types: dict[str, GpuRates] = {}
     for g, xs in train.items():
-        types.setdefault(g, GpuRates()).train = TrainRate(step_s=_median(xs, 1), startup_s=_median(xs, 0), samples=len(xs))
+        types.setdefault(g, GpuRates()).train = TrainRate(step_s=_per(xs), startup_s=_mean_startup(xs), samples=len(xs))
     for (g, r), xs in evals.items():
-        types.setdefault(g, GpuRates()).recipes[r] = RecipeRate(batch_s=_median(xs, 1), startup_s=_median(xs, 0), samples=len(xs))
+        types.setdefault(g, GpuRates()).recipes[r] = RecipeRate(batch_s=_per(xs), startup_s=_mean_startup(xs), samples=len(xs))
     if not types:
         raise ValueError(f"{source}: no DONE attempt in the ledger has figures to read (run the campaign, or --calibrate)")
     return ThroughputTable(campaign=spec.name, source=source, measured_at=time.time(), driver_start_s=_driver_start(events), gpu_types=types)
 
 
-def _median(xs: list[tuple[float, float]], i: int) -> float:
-    return float(statistics.median(x[i] for x in xs))
+def _per(xs: list[tuple[float, float, int]]) -> float:
+    """Seconds per step (batch) over all the attempts: their loop seconds over their steps."""
+    return max(1e-9, sum(x[1] for x in xs) / sum(x[2] for x in xs))
+
+
+def _mean_startup(xs: list[tuple[float, float, int]]) -> float:
+    return float(statistics.fmean(x[0] for x in xs))
 
 
 def _driver_start(events: list[dict[str, Any]]) -> float:
