@@ -43,7 +43,7 @@ def _mixes(spec, args):
     return default_mixes(spec, prices, Path(args.cluster_yaml), start)
 
 
-def _table(spec, args, log):
+def _table(spec, args):
     """(table, where it came from). --calibrate measures and writes it; --from reads a ledger."""
     from pipeline.plan.throughput import load_table, table_from_store, table_path
 
@@ -79,7 +79,7 @@ def choose(results, deadline_h: float | None, budget: float | None):
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from pipeline.plan.render import compare_table, plan_table
-    from pipeline.plan.simulate import Durations, gpu_types, simulate
+    from pipeline.plan.simulate import Durations, check_fits, simulate
     from pipeline.plan.throughput import write_table
     from pipeline.progress.render import console as make_console
 
@@ -91,12 +91,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     spec = _spec(args.spec)
     work = _work(spec, args)
     mixes = _mixes(spec, args)
-    table, source = _table(spec, args, console.print)
+    table, source = _table(spec, args)
     if table is not None:
         _check_figures(Durations(spec, work, table), mixes, args.spec)
     for m in mixes:  # a mix some unit can never run on is refused before anything is measured
-        from pipeline.plan.simulate import check_fits
-
         check_fits(spec, m)
     if args.calibrate:
         from pipeline.plan.calibrate import calibrate
