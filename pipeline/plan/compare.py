@@ -75,6 +75,11 @@ def comparison(pred: SimResult, meas: Measured) -> dict:
         "makespan": {"predicted_s": pred.makespan_s, "measured_s": meas.makespan_s, "error": err(pred.makespan_s, meas.makespan_s)},
         "usd": {"predicted": pred.total_usd, "measured": meas.usd, "error": err(pred.total_usd, meas.usd)},
         "recipes": rows,
+        "by_seed_recipe": [  # the JSON's detail; the tables show the recipes over seeds
+            {"seed": k[0], "recipe": k[1], "predicted_s": ps.get(k, (0.0, 0.0))[0], "measured_s": ms.get(k, (0.0, 0.0))[0],
+             "predicted_usd": ps.get(k, (0.0, 0.0))[1], "measured_usd": ms.get(k, (0.0, 0.0))[1]}
+            for k in sorted(set(ps) | set(ms))
+        ],
     }
 
 
