@@ -279,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline.logs import register as add_logs_parser  # a script training's output
 
     add_logs_parser(sub)
+    from pipeline.plan.cli import register as add_plan_parser  # what a campaign will cost (README: Planning)
+
+    add_plan_parser(sub)
     from pipeline.pods.cli import add_pods_parser  # RunPod pods (README: Pods)
 
     add_pods_parser(sub)

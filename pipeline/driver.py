@@ -55,6 +55,18 @@ def size_key(gpus: float) -> str:
     return f"units of {gpus:g} GPUs"
 
 
+def unit_gpus(spec: CampaignSpec, u: Unit) -> float:
+    """The GPUs a unit holds: a training group's world size, a TTT unit's ttt.gpus, a shard's one
+    (the Scheduler's `slots`; `pipeline plan` simulates with the same)."""
+    t = spec.train
+    return t.world_size * t.gpus_per_worker if u.kind == "train" else spec.eval_recipe(u.recipe).gpus
+
+
+def default_shards(capacity: Capacity) -> int:
+    """The shards an eval without `shards` is cut into: one per GPU of the cluster as it is now."""
+    return max(1, int(capacity.total))
+
+
 TICK_S = 1.0  # how often the loop looks at the cluster (GPUs, nodes, budget)
 EVENT_BATCH_S = 1.0  # the ledger writes what the loop recorded at most this often
 
@@ -164,8 +176,7 @@ class Driver:
         self.pod_watch: PodChecks | None = None  # the RunPod checks, on their own thread (pipeline/pods/checks.py)
 
     def _slots(self, u: Unit) -> float:
-        t = self.spec.train
-        return t.world_size * t.gpus_per_worker if u.kind == "train" else self.spec.eval_recipe(u.recipe).gpus
+        return unit_gpus(self.spec, u)
 
     def _policy(self, u: Unit) -> RetryPolicy:
         c = self.spec.cluster
@@ -359,7 +370,7 @@ class Driver:
         for r in {r.name: r for _, r in todo}.values():
             if r.name not in self.geometry and not all(self.scan.eval(s, r.name).plan for s, q in todo if q is r):
                 self.geometry[r.name] = plan_geometry(self.spec, r)
-        shards = max(1, int(self.capacity.total))
+        shards = default_shards(self.capacity)
         with ThreadPoolExecutor(max_workers=LIST_THREADS) as pool:
             plans = list(pool.map(
                 lambda sr: ensure_plan(self.store, self.spec, sr[0], sr[1], shards, self.geometry.get(sr[1].name)), todo,

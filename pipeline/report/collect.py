@@ -9,6 +9,7 @@ stop rule's confidence sequence, a TTT prefix has none. Means and stds are over 
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -120,6 +121,7 @@ class Report:
     stacks: Stacks
     commands: list[str]  # the driver runs' command lines, as recorded
     baseline: Baseline | None = None
+    plan_compare: dict[str, Any] | None = None  # `pipeline plan --compare`'s table, where one was written
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -130,6 +132,7 @@ class Report:
             "cost": self.cost.as_dict(), "timeline": self.timeline.as_dict() if self.timeline else None,
             "provenance": {"attempts": [a.as_dict() for a in self.attempts], **self.stacks.as_dict()},
             "commands": self.commands, "baseline": self.baseline.as_dict() if self.baseline else None,
+            "plan_compare": self.plan_compare,
         }
 
 
@@ -181,8 +184,20 @@ def build_report(spec: CampaignSpec, store: Store, baseline: Baseline | None = N
         spec.name, store.uri, now, list(spec.seeds), spec.fingerprint(), campaign.get("fingerprint"),
         {k: data.get(k) for k in ("shards", "tokenizer", "val_tokens") if k in data},
         recipes, trains, status.cost, timeline(status.cost, flushes, total_batches, now), attempts,
-        replace(compare_stacks(attempts), spans=spanned_groups(events)), commands, baseline,
+        replace(compare_stacks(attempts), spans=spanned_groups(events)), commands, baseline, _plan_compare(spec),
     )
+
+
+def _plan_compare(spec: CampaignSpec) -> dict[str, Any] | None:
+    """The prediction-vs-measured table `pipeline plan --from ... --compare` left beside the
+    campaign's summaries; one that does not parse is left out, not fatal to the report."""
+    from pipeline.plan.compare import compare_path
+
+    try:
+        table = json.loads(compare_path(spec).read_text())
+    except (OSError, ValueError):
+        return None
+    return table if isinstance(table, dict) and table.get("version") == 1 else None
 
 
 def _planned_batches(rows: list[SeedRow]) -> int:

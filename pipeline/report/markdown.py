@@ -186,6 +186,8 @@ def render_markdown(report: Report, pictures: dict[str, str], submission: dict[s
     lines += ["", "## Cost and progress", "", *_cost(report)]
     if "progress" in pictures:
         lines += [f"![cost and progress]({pictures['progress']})", ""]
+    if report.plan_compare is not None:
+        lines += ["## Plan vs measured", "", *_plan_compare(report.plan_compare)]
     lines += ["## Provenance", "", *_provenance(report)]
     if submission is not None:
         p = submission["pipeline"]
@@ -194,3 +196,14 @@ def render_markdown(report: Report, pictures: dict[str, str], submission: dict[s
             lines.append(f"The store cannot know these; fill them in: {', '.join(p['to_fill'])}.")
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _plan_compare(cmp: dict[str, Any]) -> list[str]:
+    """`pipeline plan --compare`'s table: predicted vs measured makespan and $, per recipe its units'
+    seconds over seeds."""
+    from pipeline.plan.render import COMPARE_HEADER, compare_rows
+
+    head = ["what", *COMPARE_HEADER[1:]]
+    return [f"Predicted by `pipeline plan` for run {cmp['run']} on {cmp['mix']}; error = predicted / measured − 1.", "",
+            "| " + " | ".join(head) + " |", "|" + " --- |" * len(head),
+            *("| " + " | ".join(row) + " |" for row in compare_rows(cmp)), ""]
