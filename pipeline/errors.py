@@ -28,6 +28,11 @@ class UnitError(RuntimeError):
     artifact): deterministic."""
 
 
+class NodeLost(RuntimeError):
+    """The driver saw a node of an attempt leave the cluster (its own view, pipeline/driver.py) and
+    abandoned the attempt without waiting for Ray to fail it: a node death."""
+
+
 class ScriptError(RuntimeError):
     """A user's training script failed (README: Bring your own train_gpt.py): its log's last lines,
     then one line saying how it ended. Classified by that text like any error: an NCCL timeout in
@@ -68,7 +73,7 @@ class Rule:
 # application error raised inside a dead group must stay deterministic.
 TABLE: tuple[Rule, ...] = (
     Rule("bad-input", ErrorClass.DETERMINISTIC, types=_APP_ERRORS),
-    Rule("node-death", ErrorClass.TRANSIENT, types=("NodeDiedError",), pattern=r"node .* (has been marked dead|died)|NodeDiedError"),
+    Rule("node-death", ErrorClass.TRANSIENT, types=("NodeDiedError", "NodeLost"), pattern=r"node .* (has been marked dead|died)|NodeDiedError"),
     Rule("preemption", ErrorClass.TRANSIENT, pattern=r"preempt|spot instance|SIGTERM received"),
     Rule("oom-kill", ErrorClass.TRANSIENT, types=("OutOfMemoryError",), pattern=r"killed by the (OOM killer|memory monitor)|Task was killed due to the node running low on memory"),
     Rule(

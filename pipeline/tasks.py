@@ -85,6 +85,9 @@ def _place(spec: CampaignSpec, store_uri: str, run_id: str, unit: Unit, attempt:
 
     ctx = ray.get_runtime_context()
     labels = ctx.get_node_labels() or {}
+    pg = ray.util.get_current_placement_group()
+    if pg is not None:  # a group's rank: the driver removes the group's reservation if a node of it dies
+        extra["placement_group"] = pg.id.hex()
     Ledger(open_store(store_uri), Layout(spec.name), run_id).placed(
         unit, attempt=attempt, node_id=ctx.get_node_id(), pod=labels.get(LABEL_POD_ID), gpu_ids=[str(g) for g in ray.get_gpu_ids()],
         pid=os.getpid(), provenance=provenance(), **extra,

@@ -14,9 +14,9 @@ import threading
 import time
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+from rich.progress import BarColumn, Progress, TextColumn
 
-from pipeline.progress.render import bpb_text, duration, progress_line, train_val, usd
+from pipeline.progress.render import bpb_text, duration, progress_line, share, train_val, usd
 from pipeline.progress.view import CampaignStatus, campaign_status
 from pipeline.spec import CampaignSpec
 from pipeline.store import Store
@@ -40,7 +40,7 @@ class LiveProgress:
         self.run_id = run_id
         if self.tty:
             self._bars = Progress(
-                TextColumn("{task.description}"), BarColumn(bar_width=28), TaskProgressColumn(),
+                TextColumn("{task.description}"), BarColumn(bar_width=28), TextColumn("{task.fields[pct]:>6}"),
                 TextColumn("{task.fields[bpb]}"), TextColumn("ETA {task.fields[eta]}"), TextColumn("{task.fields[usd]}"),
                 console=self.console, transient=True,
             )
@@ -96,5 +96,6 @@ class LiveProgress:
             bars.remove_task(self._tasks.pop(key))
         for key, (desc, done, total, bpb, eta, money) in rows.items():
             if key not in self._tasks:
-                self._tasks[key] = bars.add_task(desc, total=total, bpb="", eta="", usd="")
-            bars.update(self._tasks[key], description=desc, completed=done, total=total, bpb=bpb, eta=eta, usd=money)
+                self._tasks[key] = bars.add_task(desc, total=total, bpb="", eta="", usd="", pct="")
+            # rounded down (rich's own column rounds 99.6 % up to 100 %)
+            bars.update(self._tasks[key], description=desc, completed=done, total=total, bpb=bpb, eta=eta, usd=money, pct=share(done, total, 0))
