@@ -103,7 +103,19 @@ class RunReport:
     waiting: dict[str, str] = field(default_factory=dict)  # unit → what it waited for in vain (left PENDING)
     lease_lost: str | None = None  # another driver took the campaign over mid-run
     durations: dict[str, float] = field(default_factory=dict)  # unit id → seconds, this run
+    attempts: dict[Unit, int] = field(default_factory=dict)  # attempts started in this run, per unit
     wall_s: float = 0.0
+
+    def ran(self) -> str:
+        """What this run ran: every unit it started, however its attempts ended (a unit that ran
+        twice and failed, or was stopped by its rule, ran)."""
+        n, tries = len(self.attempts), sum(self.attempts.values())
+        if not n:
+            return "ran 0 unit(s)"
+        ended = {"DONE": len(self.done), "FAILED": sum(1 for u in self.failed if u in self.attempts)}
+        ended["unfinished"] = n - len({*self.done, *self.failed} & set(self.attempts))
+        parts = ", ".join(f"{k} {v}" for k, v in ended.items() if v)
+        return f"ran {n} unit(s) in {tries} attempt(s) ({parts})"
 
 
 
@@ -256,7 +268,7 @@ class Driver:
                 self._early_stops(report)
             if self.pod_watch is not None:
                 self.pod_watch.tick(self._pod_demand())  # stop pods no unit has used or can use for idle_stop_min
-            self._launch()
+            self._launch(report)
             # Bookkeeping only once the GPUs have their next work, so they never wait on it.
             for seed, recipe in sorted(self.to_merge):
                 self._merge(seed, recipe)
@@ -306,7 +318,7 @@ class Driver:
             and not self.budget.allows(self._projection(), self._still_billing)
         )
 
-    def _launch(self) -> None:
+    def _launch(self, report: RunReport) -> None:
         if self.budget_blocked:
             return
         for u in self.sched.launches(self.capacity):
@@ -314,6 +326,7 @@ class Driver:
             att = Attempt(u, attempt, time.perf_counter(), gpus)
             handle = self.executor.submit(Launch(u, attempt, gpus, self.avoid.get(u, ())))
             self.sched.started(handle, att)
+            report.attempts[u] = report.attempts.get(u, 0) + 1
             self.ledger.record(u, UnitState.RUNNING, attempt=attempt, n=len(self.failures.get(u, [])) + 1, gpus=gpus)
             self.log(f"start  {u}")
 
