@@ -78,7 +78,20 @@ def status_table(st: CampaignStatus) -> Table:
         wps = f"{e.windows_per_s:,.1f}" if e.windows_per_s else "—"
         state = e.state + (f" ({e.running_units})" if e.running_units > 1 else "") + (f", {e.lost_units} lost" if e.lost_units else "")
         t.add_row(str(e.seed), e.recipe, state, done, bpb_text(e), wps, duration(e.eta_s), usd(e.spent_usd), usd(e.to_finish_usd))
+        for sh in e.shards:  # a bar per running shard: the one a lost or slow node holds back shows
+            t.add_row("", shard_label(sh), "LOST" if sh.lost else "RUNNING", f"{bar(sh.done, sh.batches)} {share(sh.done, sh.batches)}",
+                      "", "", "", "", "")
     return t
+
+
+def shard_label(sh) -> str:
+    return f"└ shard {sh.shard}" + (" (re-placing)" if sh.lost else "")
+
+
+def bar(done: int, total: int, width: int = 10) -> str:
+    """A text bar, rounded down like `share`: full only when all of it is done."""
+    filled = width * done // total if total else 0
+    return "█" * filled + "░" * (width - filled)
 
 
 def pods_table(st: CampaignStatus) -> Table | None:

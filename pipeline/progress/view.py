@@ -24,6 +24,19 @@ from workers.segments import load_progress  # json only: no torch in the status 
 RATE_WINDOW_S = 600.0  # windows/s is measured over the segments of the last ten minutes
 
 
+@dataclass(frozen=True)
+class ShardStatus:
+    """A running (or lost) shard of an eval: its own bar in status and the live view."""
+
+    shard: int
+    done: int  # batches of the shard scored (by any attempt)
+    batches: int
+    lost: bool = False  # its attempt was lost; it waits to be placed again
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"shard": self.shard, "done": self.done, "batches": self.batches, "lost": self.lost}
+
+
 @dataclass
 class EvalStatus:
     seed: int
@@ -40,6 +53,7 @@ class EvalStatus:
     running_units: int = 0
     error: str | None = None
     lost_units: int = 0  # shards whose attempt was lost (a node died) and that wait to be placed again
+    shards: list[ShardStatus] = field(default_factory=list)  # the running and lost shards, by shard
 
     @property
     def batches_done(self) -> int:
@@ -52,7 +66,7 @@ class EvalStatus:
             "estimate": self.estimate.as_dict() if self.estimate else None, "val_bpb": self.final_bpb,
             "windows_per_s": self.windows_per_s, "eta_s": self.eta_s, "spent_usd": self.spent_usd,
             "to_finish_usd": self.to_finish_usd, "running_units": self.running_units, "error": self.error,
-            "lost_units": self.lost_units,
+            "lost_units": self.lost_units, "shards": [sh.as_dict() for sh in self.shards],
         }
 
 
@@ -246,7 +260,8 @@ def _price_unstarted(evals: list[EvalStatus]) -> None:
 
 def _eval_status(store, layout, seed, recipe: EvalRecipe, trained, running, failed, cost, lost=frozenset()) -> EvalStatus:
     units = [u for u in running if u.startswith(f"eval/{seed}/{recipe.name}/")]
-    lost_units = sum(1 for u in lost if u.startswith(f"eval/{seed}/{recipe.name}/"))
+    lost_here = [u for u in lost if u.startswith(f"eval/{seed}/{recipe.name}/")]
+    lost_units = len(lost_here)
     line = cost.by_seed_recipe.get((seed, recipe.name))
     spent = line.usd if line else 0.0
     err = next((failed[u] for u in sorted(failed) if u.startswith(f"eval/{seed}/{recipe.name}/")), None)
@@ -271,6 +286,11 @@ def _eval_status(store, layout, seed, recipe: EvalRecipe, trained, running, fail
         state = "FAILED"
     else:
         state = "PENDING"
+    shards = [
+        ShardStatus(k, sum(1 for b in plan["shards"][k] if b in prog.records), len(plan["shards"][k]), u in lost_here)
+        for k, u in sorted((int(u.rsplit("/", 1)[1]), u) for u in units + lost_here)
+        if k < len(plan["shards"])
+    ]
     bps = rate(prog)
     wpb = plan["windows"] / N if N else 0.0
     left = N - len(recs)
@@ -283,5 +303,5 @@ def _eval_status(store, layout, seed, recipe: EvalRecipe, trained, running, fail
         to_finish = left * usd_per_batch
     return EvalStatus(
         seed, recipe.name, state, N, plan["windows"], est, None, bps * wpb if bps else None, eta, spent, to_finish, len(units), err,
-        lost_units,
+        lost_units, shards,
     )

@@ -56,9 +56,34 @@ def test_a_lost_shard_shows_no_100_percent_and_no_eta(tmp_path):
     assert e.state == "RUNNING" and e.lost_units == 1 and e.eta_s is None and st.eta_s is None
     screen = io.StringIO()
     Console(file=screen, width=200).print(status_table(st))
-    text = screen.getvalue() + "\n".join(status_lines(st)) + progress_line(st)
-    assert "100.0%" not in text and "100%" not in text and "ETA 0s" not in text and "1 lost" in text and "99.8%" in text
+    row = next(ln for ln in screen.getvalue().splitlines() if "│ sw " in ln)  # the eval's row (shard 0's own bar is full)
+    lines = "\n".join(status_lines(st)) + progress_line(st)
+    assert "99.8%" in row and "1 lost" in row and "0s" not in row
+    assert "100.0%" not in lines and "100%" not in lines and "ETA 0s" not in lines and "99.8%" in lines
 
     ledger.record(Unit.eval(7, "sw", 1), UnitState.RUNNING, attempt="a2", gpus=1)  # placed again
     (e,) = campaign_status(spec, store, live_run="live").evals
     assert e.lost_units == 0 and e.eta_s is not None
+
+
+def test_running_shards_have_their_own_bars_in_status_and_the_live_view(tmp_path):
+    from pipeline.progress.live import LiveProgress
+
+    spec, store, ledger = lost_last_shard(tmp_path)
+    ledger.record(Unit.eval(7, "sw", 1), UnitState.INTERRUPTED, attempt="a1", kind="node-death")
+    ledger.record(Unit.eval(7, "sw", 1), UnitState.PENDING, reason="node-death (transient)", delay_s=0.2)
+    st = campaign_status(spec, store, live_run="live")
+    (e,) = st.evals
+    assert [(sh.shard, sh.done, sh.batches, sh.lost) for sh in e.shards] == [(0, N - 4, N - 4, False), (1, 1, 4, True)]
+    screen = io.StringIO()
+    Console(file=screen, width=200).print(status_table(st))
+    text = screen.getvalue()
+    assert "└ shard 0" in text and "└ shard 1 (re-placing)" in text and "LOST" in text and "25.0%" in text
+
+    live = LiveProgress(spec, store, Console(file=io.StringIO(), force_terminal=True, width=200))
+    live.start("live")
+    live.stop()  # no drawing thread: the bars are drawn once, here
+    live._draw(live.snapshot())
+    tasks = {t.description: t for t in live._bars.tasks}
+    assert list(tasks) == ["[bold]campaign[/]", "7/sw", "  └ shard 0", "  └ shard 1 (re-placing)"]
+    assert tasks["  └ shard 1 (re-placing)"].fields["pct"] == "25%" and tasks["7/sw"].fields["pct"] == "99%"
