@@ -111,3 +111,16 @@ def test_pipeline_logs_prints_a_seeds_script_output_from_the_store(campaign, cap
     assert main(["logs", f"{spec.store}/t", "--seed", "3", "--list"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 2  # killed once, then restarted
     assert main(["logs", f"{spec.store}/t", "--seed", "9"]) == 2
+
+
+def test_failed_and_killed_attempts_leave_no_run_dir_on_the_node(campaign):
+    """A failed attempt's run directory (its checkpoints folder: GBs for a real script) is removed
+    from the container disk like a finished one's; a restart gets the folder back from the store."""
+    from workers.script_train import run_dir
+
+    spec, _, store, layout, _ = campaign
+    attempts = {(int(e["unit"].split("/")[1]), e["attempt"]) for e in Ledger(store, layout, "x").events()
+                if e.get("state") == "RUNNING" and e["unit"].startswith("train/")}
+    assert {s for s, _ in attempts} == {1, 2, 3} and len(attempts) == 4  # seed 3 ran twice
+    assert [a for s, a in attempts if run_dir(spec, s, a).exists()] == []
+
