@@ -100,10 +100,13 @@ def replaced(spec, unit: str, placed: dict, dead_at: float) -> list[dict]:
     return out
 
 
-def assert_lost_to_the_drivers_view(spec, unit: str) -> None:
+def assert_lost_to_a_node_death(spec, unit: str, drivers_view: bool = True) -> None:
+    """Interrupted once, as a node death: by the driver's own view (`NodeLost`) where Ray's error
+    would come minutes late."""
     assert unit_states(spec, unit) == ["RUNNING", "INTERRUPTED", "PENDING", "RUNNING", "DONE"]
     lost = next(e for e in events(spec) if e.get("unit") == unit and e.get("state") == "INTERRUPTED")
-    assert lost["kind"] == "node-death" and lost["class"] == "transient" and "NodeLost" in lost["error"]
+    assert lost["kind"] == "node-death" and lost["class"] == "transient"
+    assert "NodeLost" in lost["error"] or not drivers_view, lost["error"]
 
 
 def test_a_frozen_node_is_replaced_from_the_drivers_view_not_rays_error(cluster, data_dir, tmp_path):
@@ -125,7 +128,7 @@ def test_a_frozen_node_is_replaced_from_the_drivers_view_not_rays_error(cluster,
 
     assert not report.failed
     assert again[0]["node_id"] != placed["node_id"]
-    assert_lost_to_the_drivers_view(spec, "eval/1/slot/0")
+    assert_lost_to_a_node_death(spec, "eval/1/slot/0")
     assert_same_result(spec, "slot", expected)  # the retry resumed from the segments: the same bits
     assert store.get_json(layout.shard_done(1, "slot", 0))["run"]["resumed_batches"] >= 3
 
@@ -153,6 +156,8 @@ def test_a_frozen_node_under_a_group_frees_its_placement_group(cluster, data_dir
     assert not report.failed
     again = [e for e in events(spec) if e["event"] == "placed" and e.get("attempt") == again[0]["attempt"]]
     assert sorted(e["rank"] for e in again) == [0, 1] and placed["node_id"] not in {e["node_id"] for e in again}
-    assert_lost_to_the_drivers_view(spec, "eval/1/ttt/0")
+    # a group's actors die with their node as soon as Ray marks it dead, so Ray Train's own error
+    # may come first: either way the group's placement group is gone and the retry fits
+    assert_lost_to_a_node_death(spec, "eval/1/ttt/0", drivers_view=False)
     assert_same_result(spec, "ttt", expected)
     assert store.get_json(layout.shard_done(1, "ttt", 0))["run"]["resumed_chunk"] > 0
