@@ -96,7 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     console.print(cost_table(cost, detail=False))  # `pipeline cost` adds a row per seed and recipe
     for line in cost_lines(cost):
         console.print(escape(line))
-    console.print(f"ran {len(report.done)} unit(s), skipped {len(report.skipped)} already DONE, in {report.wall_s:.1f}s; summary: {out}")
+    console.print(f"{report.ran()}, skipped {len(report.skipped)} already DONE, in {report.wall_s:.1f}s; summary: {out}")
     for what, why in report.estimated.items():
         console.print(f"[cyan]ESTIMATED[/] {what}: {escape(why)} (drop its stop_when and run again for the full number)")
     if report.budget:

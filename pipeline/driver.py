@@ -28,7 +28,7 @@ from typing import Any
 
 from pipeline.artifacts import import_artifacts
 from pipeline.campaign import CampaignChanged, check_campaign
-from pipeline.errors import Action, Failure, RetryPolicy, UnitError, classify
+from pipeline.errors import Action, Failure, NodeLost, RetryPolicy, UnitError, classify
 from pipeline.executor import Executor, Launch, RayExecutor, UnitFns
 from pipeline.lease import Lease
 from pipeline.ledger import Ledger
@@ -115,7 +115,19 @@ class RunReport:
     waiting: dict[str, str] = field(default_factory=dict)  # unit → what it waited for in vain (left PENDING)
     lease_lost: str | None = None  # another driver took the campaign over mid-run
     durations: dict[str, float] = field(default_factory=dict)  # unit id → seconds, this run
+    attempts: dict[Unit, int] = field(default_factory=dict)  # attempts started in this run, per unit
     wall_s: float = 0.0
+
+    def ran(self) -> str:
+        """What this run ran: every unit it started, however its attempts ended (a unit that ran
+        twice and failed, or was stopped by its rule, ran)."""
+        n, tries = len(self.attempts), sum(self.attempts.values())
+        if not n:
+            return "ran 0 unit(s)"
+        ended = {"DONE": len(self.done), "FAILED": sum(1 for u in self.failed if u in self.attempts)}
+        ended["unfinished"] = n - len({*self.done, *self.failed} & set(self.attempts))
+        parts = ", ".join(f"{k} {v}" for k, v in ended.items() if v)
+        return f"ran {n} unit(s) in {tries} attempt(s) ({parts})"
 
 
 
@@ -169,6 +181,8 @@ class Driver:
         self.recipe_batches: dict[str, int] = {}  # batches of a recipe's plan (the same for every seed)
         self.geometry: dict[str, tuple[int, int]] = {}  # recipe → (windows, batches) for new plans
         self.nodes: list[dict] | None = None  # the cluster as last recorded in the ledger
+        self.alive: set[str] | None = None  # the nodes alive at the last look
+        self.gone: set[str] = set()  # nodes seen leaving the alive set, not acted on yet
         self.capacity = Capacity()
         self.looked = -1e18  # when the loop last looked at the cluster (time.monotonic)
         self.scan: CampaignScan | None = None
@@ -265,7 +279,7 @@ class Driver:
                 self._early_stops(report)
             if self.pod_watch is not None:
                 self.pod_watch.tick(self._pod_demand())  # stop pods no unit has used or can use for idle_stop_min
-            self._launch()
+            self._launch(report)
             # Bookkeeping only once the GPUs have their next work, so they never wait on it.
             for seed, recipe in sorted(self.to_merge):
                 self._merge(seed, recipe)
@@ -278,6 +292,8 @@ class Driver:
             self._look(force=not ended)
             for handle in ended:
                 self._ended(handle, report)
+            if self.gone:
+                self._abandon_lost(report)
         for line in self.pod_watch.still_billing() if self.pod_watch is not None else []:
             self.log(line)
         if self.lease.lost.is_set():
@@ -313,7 +329,7 @@ class Driver:
             and not self.budget.allows(self._projection(), self._still_billing)
         )
 
-    def _launch(self) -> None:
+    def _launch(self, report: RunReport) -> None:
         if self.budget_blocked:
             return
         for u in self.sched.launches(self.capacity):
@@ -321,6 +337,7 @@ class Driver:
             att = Attempt(u, attempt, time.perf_counter(), gpus)
             handle = self.executor.submit(Launch(u, attempt, gpus, self.avoid.get(u, ())))
             self.sched.started(handle, att)
+            report.attempts[u] = report.attempts.get(u, 0) + 1
             self.ledger.record(u, UnitState.RUNNING, attempt=attempt, n=len(self.failures.get(u, [])) + 1, gpus=gpus)
             self.log(f"start  {u}")
 
@@ -419,7 +436,12 @@ class Driver:
     def _record_cluster(self) -> None:
         """A `cluster` event when the nodes (or their liveness) changed; this run's bill follows
         the same events `pipeline cost` reads."""
-        nodes = [node_identity(n, self.spec.cluster.pricing).as_dict() for n in self.executor.nodes()]
+        raw = self.executor.nodes()
+        alive = {n["NodeID"] for n in raw if n["Alive"]}
+        if self.alive is not None:
+            self.gone |= self.alive - alive
+        self.alive = alive
+        nodes = [node_identity(n, self.spec.cluster.pricing).as_dict() for n in raw]
         nodes.sort(key=lambda n: n["node_id"])
         if nodes != self.nodes:
             self.nodes = nodes
@@ -587,6 +609,29 @@ class Driver:
         }
         alive = {n["NodeID"] for n in self.executor.nodes() if n["Alive"]}
         return nodes, nodes - alive
+
+    def _abandon_lost(self, report: RunReport) -> None:
+        """Attempts placed on a node that left the alive set are cancelled and handled as a node
+        death now. Ray's own error for them can take minutes (a vanished host's connections hang
+        until gRPC keepalives give up) after its health check marked the node dead, while the
+        attempt holds its unit and status shows it running (issue 22)."""
+        gone, self.gone = self.gone, set()
+        if not self.sched.running:
+            return
+        since = min(a.started_wall for a in self.sched.running.values()) - 60.0  # a task's clock may differ from ours
+        placed: dict[str, list[dict]] = {}
+        for e in self.ledger.events(since=since):
+            if e.get("event") == "placed" and e.get("attempt"):
+                placed.setdefault(e["attempt"], []).append(e)
+        for handle, att in list(self.sched.running.items()):
+            where = placed.get(att.id, [])
+            lost = sorted({e.get("node_id") for e in where} & gone)
+            if not lost:
+                continue
+            self.executor.abandon(handle, sorted({e["placement_group"] for e in where if e.get("placement_group")}))
+            self.sched.ended(handle)
+            err = NodeLost(f"node {lost[0]} died under the attempt (the driver saw it leave the cluster; not waiting for Ray's error)")
+            self._on_error(att, err, time.perf_counter() - att.started, report)
 
     def _committed(self, att: Attempt) -> dict[str, Any]:
         """When a dying attempt last committed work, for the ledger's lost-work cost."""

@@ -9,7 +9,7 @@ failed on, or FAILED). Both answers are values the driver logs and records in th
                    throttling / 5xx / connection reset, NCCL timeout, CUDA ECC / Xid, lost
                    objects. Retried with backoff, elsewhere where possible, up to the spec's count.
     deterministic  the unit itself: bad input, a refused artifact (the unit raised one of the
-                   application errors). FAILED at once.
+                   application errors), a full disk (ENOSPC). FAILED at once.
     unknown        a crash that could be either (a segfault, a kernel abort, an exception we do
                    not know). Retried once; the same error again (same signature, on this node or
                    another) is deterministic: FAILED after at most 2 attempts.
@@ -26,6 +26,11 @@ from enum import Enum
 class UnitError(RuntimeError):
     """An application error a worker group recorded for its launcher (bad input, a refused
     artifact): deterministic."""
+
+
+class NodeLost(RuntimeError):
+    """The driver saw a node of an attempt leave the cluster (its own view, pipeline/driver.py) and
+    abandoned the attempt without waiting for Ray to fail it: a node death."""
 
 
 class ScriptError(RuntimeError):
@@ -68,13 +73,16 @@ class Rule:
 # application error raised inside a dead group must stay deterministic.
 TABLE: tuple[Rule, ...] = (
     Rule("bad-input", ErrorClass.DETERMINISTIC, types=_APP_ERRORS),
-    Rule("node-death", ErrorClass.TRANSIENT, types=("NodeDiedError",), pattern=r"node .* (has been marked dead|died)|NodeDiedError"),
+    # A full disk is not the world passing by: the attempt's own files filled it (a script's
+    # checkpoints, a run dir left behind), and a retry on that disk fills it again.
+    Rule("disk-full", ErrorClass.DETERMINISTIC, pattern=r"No space left on device|\[Errno 28\]|\bENOSPC\b"),
+    Rule("node-death", ErrorClass.TRANSIENT, types=("NodeDiedError", "NodeLost"), pattern=r"node .* (has been marked dead|died)|NodeDiedError"),
     Rule("preemption", ErrorClass.TRANSIENT, pattern=r"preempt|spot instance|SIGTERM received"),
     Rule("oom-kill", ErrorClass.TRANSIENT, types=("OutOfMemoryError",), pattern=r"killed by the (OOM killer|memory monitor)|Task was killed due to the node running low on memory"),
     Rule(
         "storage", ErrorClass.TRANSIENT,
         pattern=r"SlowDown|Throttl|RequestLimitExceeded|ServiceUnavailable|InternalError|HTTP 50[0-4]|\(50[0-4]\)|RequestTimeout"
-        r"|Connection reset|EndpointConnectionError|ReadTimeoutError|ConnectTimeoutError|ConnectionClosedError|No space left on device",
+        r"|Connection reset|EndpointConnectionError|ReadTimeoutError|ConnectTimeoutError|ConnectionClosedError",
     ),
     Rule("nccl-timeout", ErrorClass.TRANSIENT, pattern=r"NCCL.*(timeout|timed out|Watchdog)|Watchdog caught collective operation timeout|ncclSystemError|ncclRemoteError"),
     Rule("gpu-fault", ErrorClass.TRANSIENT, pattern=r"ECC error|uncorrectable ECC|\bXid\b|GPU has fallen off the bus|GPU is lost"),
@@ -83,6 +91,7 @@ TABLE: tuple[Rule, ...] = (
     Rule("script-error", ErrorClass.DETERMINISTIC, pattern=r"exited with status -?\d+ after [\d.]+ s: (" + "|".join(_SCRIPT_ERRORS) + r"):"),
 )
 CRASH = Rule("crash", ErrorClass.UNKNOWN)
+NODE_DEATH = next(r for r in TABLE if r.kind == "node-death")
 
 
 @dataclass(frozen=True)
@@ -135,7 +144,7 @@ def classify(err: BaseException, nodes: Iterable[str] = (), dead_nodes: Iterable
     if isinstance(err, UnitError) or names & set(TABLE[0].types):
         rule = TABLE[0]
     elif set(nodes) & set(dead_nodes):
-        rule = TABLE[1]
+        rule = NODE_DEATH
     else:
         for r in TABLE[1:]:
             if names & set(r.types) or (r.pattern and re.search(r.pattern, text, re.IGNORECASE)):

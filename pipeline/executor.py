@@ -73,6 +73,11 @@ class Executor(ABC):
     @abstractmethod
     def cancel(self, handle: Any) -> None: ...
 
+    def abandon(self, handle: Any, placement_groups: list[str]) -> None:
+        """Give up an attempt whose node died: stop what of it still runs without waiting for its
+        end (its node may never answer), and free the GPUs its placement groups hold elsewhere."""
+        self.cancel(handle)
+
     @abstractmethod
     def capacity(self) -> Capacity:
         """The cluster's GPUs now: per alive node, and per node free where known."""
@@ -143,6 +148,20 @@ class RayExecutor(Executor):
         import ray
 
         ray.cancel(handle, force=True, recursive=True)
+
+    def abandon(self, handle: Any, placement_groups: list[str]) -> None:
+        import ray
+        from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+        try:  # the launcher (a group's) is alive: force-cancelling it ends the actors it owns
+            ray.cancel(handle, force=True, recursive=True)
+        except Exception:  # noqa: BLE001 - a task on a dead node: nothing left to stop there
+            pass
+        for pg in placement_groups:  # a group's ranks on alive nodes and the GPUs they reserve
+            try:
+                remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg))))
+            except Exception:  # noqa: BLE001 - already removed with its owner
+                pass
 
     def capacity(self) -> Capacity:
         import ray

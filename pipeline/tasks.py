@@ -8,6 +8,7 @@ eval shard is a `num_gpus=1` task; a multi-GPU TTT unit is a worker group like a
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -19,6 +20,20 @@ from pipeline.errors import ScriptError, UnitError
 from pipeline.spec import CampaignSpec, ScriptTrain
 from pipeline.store import Layout, Store, open_store
 from pipeline.units import Unit
+
+# A group's collectives (NCCL/gloo) give up after this long: a hung rank ends its group. Our own
+# trainer's and a TTT group's ranks step in lockstep, so torch's own default is kept, stated.
+COLLECTIVE_TIMEOUT_S = 1800.0
+# A script's ranks meet only at its start and end; each script runs up to train.timeout_s, so
+# ranks may end that far apart (one rank's final eval), plus the commit's upload.
+SCRIPT_END_SLACK_S = 600.0
+
+
+def collective_timeout_s(spec: CampaignSpec) -> float:
+    """How long a rank of the seed's training group waits in a collective for the others."""
+    t = spec.train
+    return t.timeout_s + SCRIPT_END_SLACK_S if isinstance(t, ScriptTrain) else COLLECTIVE_TIMEOUT_S
+
 
 def group_placement(gpus: float, span: bool) -> str:
     """How a group's workers are placed: all on one node (STRICT_PACK, NCCL over NVLink) unless no
@@ -34,7 +49,7 @@ def group_placement(gpus: float, span: bool) -> str:
 
 def fit_group(
     name: str, loop: Callable, config: dict, workers: int, gpus_per_worker: float, accelerator: str, store: Store, error_key: str,
-    placement: str = "STRICT_PACK",
+    placement: str = "STRICT_PACK", timeout_s: float = COLLECTIVE_TIMEOUT_S,
 ) -> None:
     """A Ray Train worker group running `loop` (NCCL on cuda, gloo on cpu) until it ends; no
     restarts inside (max_failures=0): a dead or failing rank ends the group at once and the
@@ -59,7 +74,7 @@ def fit_group(
             resources_per_worker={"GPU": gpus_per_worker} if use_gpu else {"CPU": 1},
             placement_strategy=placement,
         ),
-        torch_config=TorchConfig(backend="nccl" if accelerator == "cuda" else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if accelerator == "cuda" else "gloo", timeout_s=math.ceil(timeout_s)),
         run_config=RunConfig(
             name=f"{name}-{config['attempt']}",
             storage_path=os.path.join(tempfile.gettempdir(), "pipeline-ray-train"),
@@ -85,6 +100,13 @@ def _place(spec: CampaignSpec, store_uri: str, run_id: str, unit: Unit, attempt:
 
     ctx = ray.get_runtime_context()
     labels = ctx.get_node_labels() or {}
+    from workers.group import collective_timeout
+
+    if (timeout := collective_timeout()) is not None:  # a group's rank: how long its collectives wait
+        extra["collective_timeout_s"] = timeout
+    pg = ray.util.get_current_placement_group()
+    if pg is not None:  # a group's rank: the driver removes the group's reservation if a node of it dies
+        extra["placement_group"] = pg.id.hex()
     Ledger(open_store(store_uri), Layout(spec.name), run_id).placed(
         unit, attempt=attempt, node_id=ctx.get_node_id(), pod=labels.get(LABEL_POD_ID), gpu_ids=[str(g) for g in ray.get_gpu_ids()],
         pid=os.getpid(), provenance=provenance(), **extra,
@@ -118,7 +140,7 @@ def train_unit(spec_json: dict, seed: int, store_uri: str, context: dict, run_id
     config["placement"] = group_placement(t.world_size * t.gpus_per_worker, spec.cluster.groups_span_nodes)
     fit_group(
         f"{spec.name}-seed{seed}", _train_group_loop, config, t.world_size, t.gpus_per_worker, backend,
-        store, layout.train_error(seed, attempt), config["placement"],
+        store, layout.train_error(seed, attempt), config["placement"], collective_timeout_s(spec),
     )
     return store.get_json(layout.manifest(seed))["train"]
 

@@ -35,10 +35,13 @@ def _load(blob: bytes) -> Any:
 def save_checkpoint(
     store: Store, layout: Layout, seed: int, group, step: int, model, opts, ema, meta: dict, attempt: str, keep: int
 ) -> None:
-    """Collective: every rank calls it at the same step."""
+    """Collective: every rank calls it at the same step. Rank 0 commits only once every rank's file
+    is in the store and all of them are of its step: ranks on several nodes upload their own
+    parts, and a rank that drifted a step (or whose upload is missing) must not make a commit
+    whose parts a restore would mix."""
     d = layout.train_ckpt(seed, step, attempt)
     muon = opts[1]
-    own: dict[str, Any] = {"version": CKPT_VERSION, "muon": muon.state_dict()}
+    own: dict[str, Any] = {"version": CKPT_VERSION, "step": step, "muon": muon.state_dict()}
     if group.rank == 0:
         own.update(
             model=model.state_dict(),
@@ -47,10 +50,23 @@ def save_checkpoint(
         )
     store.put_new(f"{d}/rank-{group.rank}.pt", _dump(own))
     if group.distributed:
-        dist.barrier()
+        dist.barrier()  # every rank's put has returned
     if group.rank == 0:
+        check_same_step(store, d, seed, step, group.world)
         store.put_new_json(f"{d}/commit.json", {"version": CKPT_VERSION, "step": step, "world_size": group.world, "time": time.time(), **meta})
         prune_checkpoints(store, layout, seed, keep)
+
+
+def check_same_step(store: Store, d: str, seed: int, step: int, world: int) -> None:
+    """Every rank's file of `step` is in `d` (a rank's file is named by the step it saved, so a
+    rank that saved another step has none here): else ValueError, and nothing is committed."""
+    have = set(store.list(f"{d}/"))
+    missing = [r for r in range(world) if f"{d}/rank-{r}.pt" not in have]
+    if missing:
+        raise ValueError(
+            f"seed {seed}: checkpoint at step {step} lacks rank(s) {missing} in {store.uri}/{d} (saved another step, or their"
+            " upload is missing); not committing"
+        )
 
 
 def _checkpoints(store: Store, layout: Layout, seed: int) -> tuple[list[tuple[int, str]], dict[str, list[str]]]:
@@ -95,6 +111,8 @@ def restore_checkpoint(store: Store, layout: Layout, seed: int, group, model, op
     meta = store.get_json(f"{chosen}/commit.json")
     shared = _load(store.get(f"{chosen}/rank-0.pt"))
     own = shared if group.rank == 0 else _load(store.get(f"{chosen}/rank-{group.rank}.pt"))
+    if own.get("step", meta["step"]) != meta["step"]:  # files of older checkpoints have no step
+        raise ValueError(f"seed {seed}: {chosen}/rank-{group.rank}.pt is of step {own['step']}, its commit of step {meta['step']}")
     model.load_state_dict(shared["model"])
     opts[0].load_state_dict(shared["adam"][0])
     opts[2].load_state_dict(shared["adam"][1])

@@ -105,6 +105,18 @@ class Group:
         return cls.on(ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank(), cluster)
 
 
+def collective_timeout() -> float | None:
+    """Seconds this process's default process group waits in a collective; None outside a group."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    pg = dist.distributed_c10d._get_default_group()
+    device = torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")
+    try:
+        return pg._get_backend(device).options._timeout.total_seconds()
+    except (AttributeError, RuntimeError):  # a torch without the backend's options: not known
+        return None
+
+
 def weights_digest(named: Iterable[tuple[str, torch.Tensor]]) -> str:
     """sha256 of named tensors' bytes: the ranks of a group compare it to prove they hold the same weights."""
     h = hashlib.sha256()

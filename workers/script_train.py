@@ -430,6 +430,23 @@ def _run_rank(spec, seed, attempt, store: Store, layout: Layout, group, context:
     place = places([r for r, _ in everyone])[group.rank]
 
     cwd = run_dir(spec, seed, attempt)
+    if place.local_rank == 0:  # dirs that earlier attempts of this campaign's seed, killed, left on this node
+        for _, earlier in attempts(store, layout, seed):
+            if earlier != attempt:
+                shutil.rmtree(run_dir(spec, seed, earlier), ignore_errors=True)
+    try:
+        _run_in(spec, seed, attempt, store, layout, group, context, script, (md5, sha, nbytes), place, cwd)
+    finally:
+        # failed or not, the attempt's files (a script's checkpoints: GBs) leave the container disk;
+        # what a restart needs is in the store (the folder's last snapshot, synced before this). Any
+        # local rank removes them: when one rank fails, Ray Train kills the others mid-script.
+        shutil.rmtree(cwd, ignore_errors=True)
+
+
+def _run_in(spec, seed, attempt, store: Store, layout: Layout, group, context: dict, script: Path, digests, place, cwd: Path) -> None:
+    """The attempt's script in its run directory `cwd`, from restoring its checkpoint folder to the commit."""
+    t: ScriptTrain = spec.train
+    md5, sha, nbytes = digests
     ckpt = cwd / t.checkpoints.dir if t.checkpoints is not None else None
     restored = None
     if place.local_rank == 0:
@@ -464,8 +481,6 @@ def _run_rank(spec, seed, attempt, store: Store, layout: Layout, group, context:
         restart = _restart(t, earlier, [r for r in restored_on if r])
         _commit(spec, seed, attempt, store, layout, cwd, (script, md5, sha, nbytes), sink, outcome, restart, context)
     group.all_gather(None)  # rank 0 has read the artifacts from the shared run directory
-    if place.local_rank == 0:
-        shutil.rmtree(cwd, ignore_errors=True)
 
 
 def _campaign_script_digest(store: Store, layout: Layout) -> str | None:

@@ -2,7 +2,8 @@
 
 A background thread reads the campaign's state from the store (the same view `pipeline status`
 shows, so the driver's loop never waits on it) and draws one bar per running eval (all its shards
-together: a 64-shard eval is one bar, not 64), one per training seed, and one for the campaign,
+together) with a bar under it for each of its running shards (those on the GPUs now, not all 64),
+one per training seed, and one for the campaign,
 each with its ETA and dollars. When stdout is not a terminal (`ray job logs`) it prints one
 progress line per minute instead.
 """
@@ -14,9 +15,9 @@ import threading
 import time
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+from rich.progress import BarColumn, Progress, TextColumn
 
-from pipeline.progress.render import bpb_text, duration, progress_line, train_val, usd
+from pipeline.progress.render import bpb_text, duration, progress_line, shard_label, share, train_val, usd
 from pipeline.progress.view import CampaignStatus, campaign_status
 from pipeline.spec import CampaignSpec
 from pipeline.store import Store
@@ -40,7 +41,7 @@ class LiveProgress:
         self.run_id = run_id
         if self.tty:
             self._bars = Progress(
-                TextColumn("{task.description}"), BarColumn(bar_width=28), TaskProgressColumn(),
+                TextColumn("{task.description}"), BarColumn(bar_width=28), TextColumn("{task.fields[pct]:>6}"),
                 TextColumn("{task.fields[bpb]}"), TextColumn("ETA {task.fields[eta]}"), TextColumn("{task.fields[usd]}"),
                 console=self.console, transient=True,
             )
@@ -92,9 +93,13 @@ class LiveProgress:
                 rows[f"{e.seed}/{e.recipe}"] = (
                     f"{e.seed}/{e.recipe}{shards}", e.batches_done, e.batches, bpb_text(e), duration(e.eta_s), usd(e.spent_usd),
                 )
-        for key in [k for k in self._tasks if k not in rows]:
-            bars.remove_task(self._tasks.pop(key))
+                for sh in e.shards:  # under its eval: one bar per running shard (a few per GPU node, not every shard)
+                    rows[f"{e.seed}/{e.recipe}/{sh.shard}"] = (f"  {shard_label(sh)}", sh.done, sh.batches, "", "", "")
+        if list(rows)[: len(self._tasks)] != list(self._tasks):  # rich draws in the order added: keep shards under their eval
+            for key in list(self._tasks):
+                bars.remove_task(self._tasks.pop(key))
         for key, (desc, done, total, bpb, eta, money) in rows.items():
             if key not in self._tasks:
-                self._tasks[key] = bars.add_task(desc, total=total, bpb="", eta="", usd="")
-            bars.update(self._tasks[key], description=desc, completed=done, total=total, bpb=bpb, eta=eta, usd=money)
+                self._tasks[key] = bars.add_task(desc, total=total, bpb="", eta="", usd="", pct="")
+            # rounded down (rich's own column rounds 99.6 % up to 100 %)
+            bars.update(self._tasks[key], description=desc, completed=done, total=total, bpb=bpb, eta=eta, usd=money, pct=share(done, total, 0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 
 from rich.console import Console
@@ -21,10 +22,20 @@ def console() -> Console:
 def duration(s: float | None) -> str:
     if s is None:
         return "—"
-    s = int(round(s))
+    s = int(math.ceil(s))  # work left never shows as 0 s
     if s >= 3600:
         return f"{s // 3600}h{s % 3600 // 60:02d}m"
     return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def share(done: float, total: float, places: int = 1) -> str:
+    """done/total as a percentage rounded down: 100 % only when all of it is done (999 of 1,000
+    batches is 99.9 %, never a 100 % that hides a lost shard)."""
+    if not total:
+        return ""
+    scale = 10**places
+    pct = math.floor(done / total * 100 * scale) / scale
+    return f"{pct:.{places}f}%"
 
 
 def usd(v: float | None) -> str:
@@ -63,11 +74,24 @@ def status_table(st: CampaignStatus) -> Table:
     for tr in st.trains:
         t.add_row(str(tr.seed), "train", tr.state, train_steps(tr), train_val(tr), "", "", usd(tr.spent_usd), "")
     for e in st.evals:
-        done = f"{e.batches_done / e.batches:.1%}" if e.batches else ""
+        done = share(e.batches_done, e.batches or 0)
         wps = f"{e.windows_per_s:,.1f}" if e.windows_per_s else "—"
-        state = e.state + (f" ({e.running_units})" if e.running_units > 1 else "")
+        state = e.state + (f" ({e.running_units})" if e.running_units > 1 else "") + (f", {e.lost_units} lost" if e.lost_units else "")
         t.add_row(str(e.seed), e.recipe, state, done, bpb_text(e), wps, duration(e.eta_s), usd(e.spent_usd), usd(e.to_finish_usd))
+        for sh in e.shards:  # a bar per running shard: the one a lost or slow node holds back shows
+            t.add_row("", shard_label(sh), "LOST" if sh.lost else "RUNNING", f"{bar(sh.done, sh.batches)} {share(sh.done, sh.batches)}",
+                      "", "", "", "", "")
     return t
+
+
+def shard_label(sh) -> str:
+    return f"└ shard {sh.shard}" + (" (re-placing)" if sh.lost else "")
+
+
+def bar(done: int, total: int, width: int = 10) -> str:
+    """A text bar, rounded down like `share`: full only when all of it is done."""
+    filled = width * done // total if total else 0
+    return "█" * filled + "░" * (width - filled)
 
 
 def pods_table(st: CampaignStatus) -> Table | None:
@@ -91,7 +115,7 @@ def status_lines(st: CampaignStatus) -> list[str]:
     if st.driver:
         out.append(f"driver: {st.driver}")
     out.append(
-        f"campaign: {st.done:.1%} of eval batches done, ETA {duration(st.eta_s)}, {usd(st.cost.total_usd)} spent"
+        f"campaign: {share(st.done, 1)} of eval batches done, ETA {duration(st.eta_s)}, {usd(st.cost.total_usd)} spent"
         f" ({usd(st.cost.idle_usd)} idle, {usd(st.cost.campaign.lost_usd)} lost), {usd(st.to_finish_usd)} to finish"
     )
     out += [f"waiting: {w}" for w in st.waiting.values()]
@@ -104,9 +128,9 @@ def progress_line(st: CampaignStatus) -> str:
     """One line for a log (`ray job logs`): the campaign, then each running eval."""
     run = [e for e in st.evals if e.state == "RUNNING"]
     trains = [t for t in st.trains if t.state == "RUNNING"]
-    parts = [f"progress {st.done:.1%} of eval batches, ETA {duration(st.eta_s)}, {usd(st.cost.total_usd)} spent, {usd(st.to_finish_usd)} to finish"]
+    parts = [f"progress {share(st.done, 1)} of eval batches, ETA {duration(st.eta_s)}, {usd(st.cost.total_usd)} spent, {usd(st.to_finish_usd)} to finish"]
     parts += [f"train/{t.seed} {train_steps(t) or 'running'}" + (f" {train_val(t)}" if train_val(t) else "") for t in trains]
-    parts += [f"{e.seed}/{e.recipe} {e.batches_done / e.batches:.0%} bpb {bpb_text(e)} ETA {duration(e.eta_s)}" for e in run if e.batches]
+    parts += [f"{e.seed}/{e.recipe} {share(e.batches_done, e.batches, 0)} bpb {bpb_text(e)} ETA {duration(e.eta_s)}" for e in run if e.batches]
     return "; ".join(parts)
 
 

@@ -24,6 +24,19 @@ from workers.segments import load_progress  # json only: no torch in the status 
 RATE_WINDOW_S = 600.0  # windows/s is measured over the segments of the last ten minutes
 
 
+@dataclass(frozen=True)
+class ShardStatus:
+    """A running (or lost) shard of an eval: its own bar in status and the live view."""
+
+    shard: int
+    done: int  # batches of the shard scored (by any attempt)
+    batches: int
+    lost: bool = False  # its attempt was lost; it waits to be placed again
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"shard": self.shard, "done": self.done, "batches": self.batches, "lost": self.lost}
+
+
 @dataclass
 class EvalStatus:
     seed: int
@@ -39,6 +52,8 @@ class EvalStatus:
     to_finish_usd: float | None = None
     running_units: int = 0
     error: str | None = None
+    lost_units: int = 0  # shards whose attempt was lost (a node died) and that wait to be placed again
+    shards: list[ShardStatus] = field(default_factory=list)  # the running and lost shards, by shard
 
     @property
     def batches_done(self) -> int:
@@ -51,6 +66,7 @@ class EvalStatus:
             "estimate": self.estimate.as_dict() if self.estimate else None, "val_bpb": self.final_bpb,
             "windows_per_s": self.windows_per_s, "eta_s": self.eta_s, "spent_usd": self.spent_usd,
             "to_finish_usd": self.to_finish_usd, "running_units": self.running_units, "error": self.error,
+            "lost_units": self.lost_units, "shards": [sh.as_dict() for sh in self.shards],
         }
 
 
@@ -110,6 +126,8 @@ class CampaignStatus:
     @property
     def eta_s(self) -> float | None:
         etas = [e.eta_s for e in self.evals if e.state == "RUNNING"]
+        if any(e.lost_units for e in self.evals):  # what they have left is not being scored: no ETA
+            return None
         return max(etas) if etas and all(x is not None for x in etas) else None
 
     @property
@@ -165,6 +183,12 @@ def campaign_status(spec: CampaignSpec, store: Store, now: float | None = None, 
     cost = cost_report(events, now, {live_run} if live_run else set(), default, lambda a: committed_until(store, layout, a.unit, a.attempt))
     latest = latest_states(events)
     running = {u for u, e in latest.items() if e["state"] == "RUNNING" and e.get("run") == live_run}
+    # attempts the live driver lost (INTERRUPTED, then PENDING for a retry): their work is not
+    # being done, whatever the other shards' rate says
+    lost = {
+        u for u, e in latest.items()
+        if e.get("run") == live_run and (e["state"] == "INTERRUPTED" or (e["state"] == "PENDING" and "delay_s" in e))
+    } if live_run else set()
     failed = {u: (e.get("reason") or e.get("error") or "") for u, e in latest.items() if e["state"] == "FAILED"}
     # what waits now (the live driver), or what the last driver left waiting in vain
     newest = events[-1].get("run") if events else None
@@ -196,7 +220,7 @@ def campaign_status(spec: CampaignSpec, store: Store, now: float | None = None, 
     for seed in spec.seeds:
         trained = store.exists(layout.manifest(seed))
         for recipe in spec.evals:
-            evals.append(_eval_status(store, layout, seed, recipe, trained, running, failed, cost))
+            evals.append(_eval_status(store, layout, seed, recipe, trained, running, failed, cost, lost))
     _price_unstarted(evals)
     snaps = [e for e in events if e.get("event") == "cluster" and e.get("run") == (live_run or newest)]
     nodes = [NodeIdentity.from_dict(n) for n in max(snaps, key=lambda e: e["time"])["nodes"]] if snaps else []
@@ -234,8 +258,10 @@ def _price_unstarted(evals: list[EvalStatus]) -> None:
                 e.to_finish_usd = (n - e.batches_done) * per_batch[e.recipe]
 
 
-def _eval_status(store, layout, seed, recipe: EvalRecipe, trained, running, failed, cost) -> EvalStatus:
+def _eval_status(store, layout, seed, recipe: EvalRecipe, trained, running, failed, cost, lost=frozenset()) -> EvalStatus:
     units = [u for u in running if u.startswith(f"eval/{seed}/{recipe.name}/")]
+    lost_here = [u for u in lost if u.startswith(f"eval/{seed}/{recipe.name}/")]
+    lost_units = len(lost_here)
     line = cost.by_seed_recipe.get((seed, recipe.name))
     spent = line.usd if line else 0.0
     err = next((failed[u] for u in sorted(failed) if u.startswith(f"eval/{seed}/{recipe.name}/")), None)
@@ -254,16 +280,21 @@ def _eval_status(store, layout, seed, recipe: EvalRecipe, trained, running, fail
     estimated = estimate_key(layout, seed, recipe)
     if estimated is not None and store.exists(estimated):
         state = "ESTIMATED"
-    elif units:
+    elif units or lost_units:
         state = "RUNNING"
     elif err:
         state = "FAILED"
     else:
         state = "PENDING"
+    shards = [
+        ShardStatus(k, sum(1 for b in plan["shards"][k] if b in prog.records), len(plan["shards"][k]), u in lost_here)
+        for k, u in sorted((int(u.rsplit("/", 1)[1]), u) for u in units + lost_here)
+        if k < len(plan["shards"])
+    ]
     bps = rate(prog)
     wpb = plan["windows"] / N if N else 0.0
     left = N - len(recs)
-    eta = left / bps if bps and state == "RUNNING" else None
+    eta = left / bps if bps and state == "RUNNING" and not lost_units else None
     to_finish = None
     if state == "ESTIMATED":
         to_finish = 0.0
@@ -272,4 +303,5 @@ def _eval_status(store, layout, seed, recipe: EvalRecipe, trained, running, fail
         to_finish = left * usd_per_batch
     return EvalStatus(
         seed, recipe.name, state, N, plan["windows"], est, None, bps * wpb if bps else None, eta, spent, to_finish, len(units), err,
+        lost_units, shards,
     )

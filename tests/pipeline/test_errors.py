@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import ray.exceptions as rex
 
-from pipeline.errors import Action, ErrorClass, RetryPolicy, UnitError, classify
+from pipeline.errors import Action, ErrorClass, RetryPolicy, ScriptError, UnitError, classify
 
 
 def task_error(cause: BaseException) -> BaseException:
@@ -21,7 +21,9 @@ def task_error(cause: BaseException) -> BaseException:
         (rex.NodeDiedError("node 1a2b has been marked dead"), "node-death", ErrorClass.TRANSIENT),
         (task_error(RuntimeError("An error occurred (SlowDown) when calling the PutObject operation")), "storage", ErrorClass.TRANSIENT),
         (task_error(OSError("[Errno 104] Connection reset by peer")), "storage", ErrorClass.TRANSIENT),
-        (task_error(OSError("[Errno 28] No space left on device")), "storage", ErrorClass.TRANSIENT),
+        (task_error(OSError(28, "No space left on device")), "disk-full", ErrorClass.DETERMINISTIC),
+        (ScriptError("rank 0: train_gpt.py exited with status 1 after 3.0 s: OSError: [Errno 28] No space left on device"),
+         "disk-full", ErrorClass.DETERMINISTIC),
         (task_error(RuntimeError("Watchdog caught collective operation timeout: WorkNCCL(SeqNum=7)")), "nccl-timeout", ErrorClass.TRANSIENT),
         (task_error(RuntimeError("CUDA error: uncorrectable ECC error encountered")), "gpu-fault", ErrorClass.TRANSIENT),
         (rex.OutOfMemoryError("Task was killed due to the node running low on memory"), "oom-kill", ErrorClass.TRANSIENT),

@@ -16,6 +16,7 @@ from pipeline.driver import Driver
 from pipeline.executor import ThreadExecutor
 from pipeline.ledger import Ledger, latest_states
 from pipeline.store import Layout, open_store
+from pipeline.units import Unit
 from tests.conftest import make_spec
 
 SEEDS, RECIPES, SHARDS = 10, 4, 250  # 10 × (1 + 4 × 250) = 10,010 units
@@ -89,3 +90,25 @@ def test_units_the_cluster_cannot_hold_wait_as_one_per_gpu_size(data_dir, tmp_pa
     store, layout = open_store(spec.store), Layout(spec.name)
     events = [e for e in Ledger(store, layout, "check").events() if e["event"] == "waiting"]
     assert {e["key"] for e in events} == {"units of 8 GPUs"}
+
+
+def test_the_run_counts_the_units_it_ran_however_their_attempts_ended(data_dir, tmp_path):
+    """A training interrupted once then DONE, an eval that fails twice: the run ran both ("ran 0
+    unit(s)" was printed for a unit that ran twice and failed)."""
+    spec = make_spec(data_dir, str(tmp_path / "store"), seeds=[3], data={"val_tokens": 2000},
+                     evals=[{"name": "sw", "seq_len": 64, "stride": 16, "batch_seqs": 8, "shards": 1}])
+    tries: Counter[str] = Counter()
+
+    def train(spec_json, seed, *rest):
+        tries["train"] += 1
+        if tries["train"] == 1:
+            raise ConnectionResetError("[Errno 104] Connection reset by peer")  # transient: retried
+        return fake_train(spec_json, seed, *rest)
+
+    def evaluate(*args):
+        raise RuntimeError("segfault in a kernel")  # unknown: retried once, then FAILED
+
+    report = Driver(spec, log=lambda _: None, train_fn=train, eval_fn=evaluate,
+                    executor=lambda fns: ThreadExecutor(fns, gpus=2)).run()
+    assert list(report.failed) == [Unit.eval(3, "sw", 0)]
+    assert report.ran() == "ran 2 unit(s) in 4 attempt(s) (DONE 1, FAILED 1)"

@@ -111,3 +111,25 @@ def test_pipeline_logs_prints_a_seeds_script_output_from_the_store(campaign, cap
     assert main(["logs", f"{spec.store}/t", "--seed", "3", "--list"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 2  # killed once, then restarted
     assert main(["logs", f"{spec.store}/t", "--seed", "9"]) == 2
+
+
+def test_failed_and_killed_attempts_leave_no_run_dir_on_the_node(campaign):
+    """A failed attempt's run directory (its checkpoints folder: GBs for a real script) is removed
+    from the container disk like a finished one's; a restart gets the folder back from the store."""
+    from workers.script_train import run_dir
+
+    spec, _, store, layout, _ = campaign
+    attempts = {(int(e["unit"].split("/")[1]), e["attempt"]) for e in Ledger(store, layout, "x").events()
+                if e.get("state") == "RUNNING" and e["unit"].startswith("train/")}
+    assert {s for s, _ in attempts} == {1, 2, 3} and len(attempts) == 4  # seed 3 ran twice
+    assert [a for s, a in attempts if run_dir(spec, s, a).exists()] == []
+
+
+def test_a_scripts_group_waits_at_its_end_as_long_as_its_scripts_may_run(campaign):
+    """Ranks whose scripts end far apart (one rank's own final eval) meet at the group's end: its
+    collectives wait the script's time cap plus the commit, not torch's 30-minute default."""
+    from pipeline.tasks import SCRIPT_END_SLACK_S
+
+    spec, _, store, layout, _ = campaign
+    placed = [e for e in Ledger(store, layout, "x").events() if e.get("event") == "placed" and e["unit"].startswith("train/")]
+    assert placed and {e.get("collective_timeout_s") for e in placed} == {spec.train.timeout_s + SCRIPT_END_SLACK_S}
