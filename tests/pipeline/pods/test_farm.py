@@ -77,3 +77,66 @@ def test_a_farm_pod_is_its_own_host_and_its_death_is_total(farm_world, tmp_path)
         host_raylet.kill()
         host_raylet.wait()
         RunPodClient.from_env().terminate_pod(a.id)
+
+
+RAY_ARGS = ("--object-store-memory=150000000", "--num-cpus=4")  # each pod sees this machine's 2 cores
+
+
+def join(world, pod, head: str, *extra: str) -> dict[str, float]:
+    """Bootstrap a farm pod over SSH (code synced, no pip: the image has the requirements, Ray
+    started); the seconds the whole bootstrap and its `ray start` → joined part took."""
+    from pipeline.pods.bootstrap import bootstrap
+    from pipeline.pods.ssh import SSH, SSHTarget
+
+    marks: dict[str, float] = {}
+
+    def log(line: str) -> None:
+        if ": joining the Ray cluster" in line:
+            marks["join"] = time.monotonic()
+
+    t0 = time.monotonic()
+    target = SSHTarget(pod.ssh.host, pod.ssh.port, key_file=str(world.farm.key), known_hosts=world.farm.known_hosts)
+    with SSH(target) as s:
+        r = bootstrap(s, pod, head, cpu_pod=True, node_ip=pod.ssh.host, ray_args=RAY_ARGS + extra, log=log)
+    done = time.monotonic()
+    assert r.installed  # the code was synced
+    return {"bootstrap": done - t0, "join": done - marks["join"]}
+
+
+def ray_nodes(world, head_ip: str) -> list[dict]:
+    """The head's view of its nodes, asked on the head pod (alive, pod label, GPUs)."""
+    code = ("import json, ray; ray.init(address='auto', logging_level='ERROR'); print(json.dumps([{'alive': n['Alive'], "
+            "'pod': n['Labels'].get('runpod.io/pod-id'), 'gpus': n['Resources'].get('GPU', 0), 'ip': n['NodeManagerAddress']} for n in ray.nodes()]))")  # fmt: skip
+    r = on_pod(world, head_ip, f"cd /workspace/pipeline && .venv/bin/python -c \"{code}\"", timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def farm_cluster(farm_world):
+    """A head pod (no GPUs: the driver) and two worker pods of 2 logical GPUs, bootstrapped."""
+    world = farm_world
+    head = rent(world, "ray-farm-head")
+    times = {"head": join(world, head, "self", "--num-gpus=0")}
+    workers = [rent(world, f"ray-farm-worker{i}", gpus=2) for i in (1, 2)]
+    for w in workers:
+        times[w.id] = join(world, w, f"{head.ssh.host}:6379")
+    figure("head bootstrap", times["head"]["bootstrap"])
+    figure("head join (ray start -> joined)", times["head"]["join"])
+    for w in workers:
+        figure("worker bootstrap", times[w.id]["bootstrap"])
+        figure("worker join (ray start -> joined)", times[w.id]["join"])
+    yield world, head, workers
+    for p in RunPodClient.from_env().list_pods():
+        RunPodClient.from_env().terminate_pod(p.id)
+
+
+def test_bootstrap_joins_farm_pods_to_a_head_pod_in_seconds(farm_cluster):
+    world, head, workers = farm_cluster
+    nodes = ray_nodes(world, head.ssh.host)
+    assert sorted((n["pod"], n["gpus"], n["ip"]) for n in nodes if n["alive"]) == sorted(
+        [(head.id, 0, head.ssh.host)] + [(w.id, 2, w.ssh.host) for w in workers]
+    )
+    # the pod's image had the requirements: nothing was pip installed
+    marker = json.loads((world.farm.pods[head.id].dir / "workspace/pipeline/.pipeline-install.json").read_text())
+    assert marker["digest"]
