@@ -77,6 +77,14 @@ class Farm:
         self._lock = threading.Lock()
         self._next = 2
 
+    @classmethod
+    def free(cls, root: Path, env: dict[str, str] | None = None) -> Farm:
+        """A farm on the first bridge (pfarmN, 10.77.N.0/24) no other farm on this machine holds."""
+        for n in range(64):
+            if not Path(f"/sys/class/net/pfarm{n}").exists():
+                return cls(root, bridge=f"pfarm{n}", subnet=f"10.77.{n}", env=env)
+        raise FarmError("64 pod farms run on this machine: end one (`ip link del pfarmN`)")
+
     @staticmethod
     def missing() -> str | None:
         """Why a farm cannot run here, or None."""
@@ -135,7 +143,8 @@ class Farm:
             n, self._next = self._next, self._next + 1
         if n > 254:
             raise FarmError(f"the farm's subnet {self.subnet}.0/24 is full")
-        ip, ns, veth = f"{self.subnet}.{n}", f"pfarm-{pod_id}", f"pfv{n}"
+        # names are the host's (one farm's pods beside another's): the bridge's in each
+        ip, ns, veth = f"{self.subnet}.{n}", f"{self.bridge}-{pod_id}", f"{self.bridge[:9]}v{n}"
         d = self.root / "pods" / pod_id
         for sub in ("home/.ssh", "workspace/pipeline", "ray"):
             (d / sub).mkdir(parents=True, exist_ok=True)

@@ -109,7 +109,7 @@ def farm_world(tmp_path_factory):
     why = Farm.missing()
     if why:
         pytest.skip(why)
-    farm = Farm(tmp_path_factory.mktemp("farm")).up()
+    farm = Farm.free(tmp_path_factory.mktemp("farm")).up()
     api = FakeRunPod(host=farm.host_ip, machines=farm)
     api.start()
     s3 = ThreadedMotoServer(ip_address=farm.host_ip, port=0, verbose=False)

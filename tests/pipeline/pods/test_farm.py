@@ -140,3 +140,127 @@ def test_bootstrap_joins_farm_pods_to_a_head_pod_in_seconds(farm_cluster):
     # the pod's image had the requirements: nothing was pip installed
     marker = json.loads((world.farm.pods[head.id].dir / "workspace/pipeline/.pipeline-install.json").read_text())
     assert marker["digest"]
+
+
+def submit(head_ip: str, spec, tmp_path: Path, env: dict[str, str]):
+    """`ray job submit` of `pipeline run` to the head pod's dashboard (the repo as working_dir)."""
+    import yaml
+    from ray.job_submission import JobSubmissionClient
+
+    f = tmp_path / f"campaign-{time.monotonic_ns()}.yaml"  # this machine's /tmp: the pods see it too
+    f.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    client = JobSubmissionClient(f"http://{head_ip}:8265")
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            job = client.submit_job(entrypoint=f"/workspace/pipeline/.venv/bin/python -m pipeline run {f}",
+                                    runtime_env={"working_dir": str(ROOT), "env_vars": env})  # fmt: skip
+            return client, job
+        except RuntimeError as e:  # the dashboard answers before the head's job agent registered
+            if "No available agent" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def finish(client, job, timeout: float) -> str:
+    from ray.job_submission import JobStatus
+
+    deadline = time.monotonic() + timeout
+    while (status := client.get_job_status(job)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+        if time.monotonic() > deadline:
+            client.stop_job(job)
+            pytest.fail(f"job {job} still {status} after {timeout:g}s:\n{client.get_job_logs(job)[-4000:]}")
+        time.sleep(0.5)
+    assert status == JobStatus.SUCCEEDED, client.get_job_logs(job)[-6000:]
+    return client.get_job_logs(job)
+
+
+def placed(store_uri: str) -> list[dict]:
+    from pipeline.ledger import Ledger
+    from pipeline.store import Layout, open_store
+
+    try:
+        return [e for e in Ledger(open_store(store_uri), Layout("t"), "look").events() if e.get("event") == "placed"]
+    except Exception:  # the campaign has not written its ledger yet
+        return []
+
+
+def bpbs(store_uri: str, seeds) -> dict[int, float]:
+    from pipeline.store import Layout, open_store
+
+    store = open_store(store_uri)
+    return {s: store.get_json(Layout("t").result(s, "sw"))["val_bpb"] for s in seeds}
+
+
+def kill_when(world, store_uri: str, unit_prefix: str, timeout: float) -> tuple[str, str, float]:
+    """Kill the pod where the first attempt of a unit starting with `unit_prefix` runs, once it
+    runs (training: once it has written a checkpoint); (unit, pod, kill time)."""
+    from pipeline.store import Layout, open_store
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for e in placed(store_uri):
+            if not e["unit"].startswith(unit_prefix) or e.get("pod") not in world.farm.pods:
+                continue
+            store, layout, parts = open_store(store_uri), Layout("t"), e["unit"].split("/")
+            if unit_prefix == "train/" and not store.list(layout.train_dir(int(parts[1])) + "/"):
+                continue  # no checkpoint yet
+            if unit_prefix == "eval/" and store.exists(layout.shard_done(int(parts[1]), parts[2], int(parts[3]))):
+                continue  # that shard is done already
+            at = time.time()
+            world.farm.end_pod(e["pod"])  # the machine vanishes: RunPod still says RUNNING
+            return e["unit"], e["pod"], at
+        time.sleep(0.2)
+    pytest.fail(f"no attempt of {unit_prefix}* ran within {timeout:g}s")
+
+
+def replaced_after(store_uri: str, unit: str, pod: str, at: float, timeout: float) -> float:
+    """Seconds from the kill to that unit's next attempt starting on another pod."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        again = [e for e in placed(store_uri) if e["unit"] == unit and e.get("pod") != pod and e["time"] > at]
+        if again:
+            return min(e["time"] for e in again) - at
+        time.sleep(0.5)
+    pytest.fail(f"{unit} was not re-placed within {timeout:g}s of its pod {pod} dying")
+
+
+def test_campaign_across_pods_survives_pod_deaths_mid_training_and_mid_eval(farm_cluster, data_dir, tmp_path):
+    """`ray job submit` of a campaign to the head pod; the uninterrupted run, then the same campaign
+    with the pod running a training unit killed mid-training (after a checkpoint) and a pod running
+    an eval shard killed mid-eval (a new pod joins between): the same bpb, bit for bit."""
+    import boto3
+
+    from tests.conftest import make_spec
+
+    world, head, workers = farm_cluster
+    boto3.client("s3").create_bucket(Bucket="farm")
+    env = {k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+
+    def spec(store: str):
+        return make_spec(
+            data_dir, store, seeds=[1, 2], results_dir=str(tmp_path / store.rsplit("/", 1)[-1]),
+            data={"val_tokens": 16000},  # eval shards long enough to die in
+            train={"world_size": 1, "max_steps": 24, "log_every": 4},
+            evals=[{"name": "sw", "seq_len": 64, "stride": 8, "batch_seqs": 8, "shards": 2}],
+            cluster={"retry_backoff_s": 0.2, "local": {"num_cpus": 4, "num_gpus": 0}},
+        )  # fmt: skip
+
+    t0 = time.monotonic()
+    finish(*submit(head.ssh.host, spec("s3://farm/base"), tmp_path, env), timeout=300)
+    figure("uninterrupted campaign", time.monotonic() - t0)
+    base = bpbs("s3://farm/base", [1, 2])
+
+    t0 = time.monotonic()
+    client, job = submit(head.ssh.host, spec("s3://farm/kill"), tmp_path, env)
+    unit, pod, at = kill_when(world, "s3://farm/kill", "train/", timeout=240)
+    figure(f"death -> re-placed ({unit}, mid-training)", replaced_after("s3://farm/kill", unit, pod, at, timeout=420))
+    fresh = rent(world, "ray-farm-worker3", gpus=2)  # what the autoscaler does for waiting units
+    figure("replacement worker join", join(world, fresh, f"{head.ssh.host}:6379")["join"])
+    unit, pod, at = kill_when(world, "s3://farm/kill", "eval/", timeout=300)
+    figure(f"death -> re-placed ({unit}, mid-eval)", replaced_after("s3://farm/kill", unit, pod, at, timeout=420))
+    finish(client, job, timeout=600)
+    figure("campaign with two pod deaths", time.monotonic() - t0)
+    killed = bpbs("s3://farm/kill", [1, 2])
+    print(f"farm bpb: uninterrupted {base}, with kills {killed}")
+    assert killed == base
