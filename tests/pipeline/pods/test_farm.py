@@ -114,18 +114,20 @@ def ray_nodes(world, head_ip: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def farm_cluster(farm_world):
-    """A head pod (no GPUs: the driver) and two worker pods of 2 logical GPUs, bootstrapped."""
+    """A head pod (no GPUs: the driver) and three worker pods of 2 logical GPUs, bootstrapped (the
+    workers at once, as the autoscaler starts them)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     world = farm_world
     head = rent(world, "ray-farm-head")
-    times = {"head": join(world, head, "self", "--num-gpus=0")}
-    workers = [rent(world, f"ray-farm-worker{i}", gpus=2) for i in (1, 2)]
-    for w in workers:
-        times[w.id] = join(world, w, f"{head.ssh.host}:6379")
-    figure("head bootstrap", times["head"]["bootstrap"])
-    figure("head join (ray start -> joined)", times["head"]["join"])
-    for w in workers:
-        figure("worker bootstrap", times[w.id]["bootstrap"])
-        figure("worker join (ray start -> joined)", times[w.id]["join"])
+    times = join(world, head, "self", "--num-gpus=0")
+    figure("head bootstrap", times["bootstrap"])
+    figure("head join (ray start -> joined)", times["join"])
+    workers = [rent(world, f"ray-farm-worker{i}", gpus=2) for i in (1, 2, 3)]
+    with ThreadPoolExecutor(len(workers)) as pool:
+        for t in pool.map(lambda w: join(world, w, f"{head.ssh.host}:6379"), workers):
+            figure("worker bootstrap", t["bootstrap"])
+            figure("worker join (ray start -> joined)", t["join"])
     yield world, head, workers
     for p in RunPodClient.from_env().list_pods():
         RunPodClient.from_env().terminate_pod(p.id)
@@ -136,7 +138,7 @@ def test_bootstrap_joins_farm_pods_to_a_head_pod_in_seconds(farm_cluster):
     nodes = ray_nodes(world, head.ssh.host)
     assert sorted((n["pod"], n["gpus"], n["ip"]) for n in nodes if n["alive"]) == sorted(
         [(head.id, 0, head.ssh.host)] + [(w.id, 2, w.ssh.host) for w in workers]
-    )
+    )  # fmt: skip
     # the pod's image had the requirements: nothing was pip installed
     marker = json.loads((world.farm.pods[head.id].dir / "workspace/pipeline/.pipeline-install.json").read_text())
     assert marker["digest"]
@@ -225,42 +227,56 @@ def replaced_after(store_uri: str, unit: str, pod: str, at: float, timeout: floa
     pytest.fail(f"{unit} was not re-placed within {timeout:g}s of its pod {pod} dying")
 
 
-def test_campaign_across_pods_survives_pod_deaths_mid_training_and_mid_eval(farm_cluster, data_dir, tmp_path):
-    """`ray job submit` of a campaign to the head pod; the uninterrupted run, then the same campaign
-    with the pod running a training unit killed mid-training (after a checkpoint) and a pod running
-    an eval shard killed mid-eval (a new pod joins between): the same bpb, bit for bit."""
-    import boto3
-
+def campaign(data_dir, store: str, results: Path, **cluster):
     from tests.conftest import make_spec
+
+    return make_spec(
+        data_dir, store, seeds=[1, 2], results_dir=str(results),
+        data={"val_tokens": 16000},  # eval shards long enough to die in
+        train={"world_size": 1, "max_steps": 24, "log_every": 4},
+        evals=[{"name": "sw", "seq_len": 64, "stride": 8, "batch_seqs": 8, "shards": 2}],
+        cluster={"retry_backoff_s": 0.2, **cluster},
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data_dir, tmp_path_factory):
+    """The same campaign run here, on a local Ray instance, while the farm starts: the numbers a
+    run with no pod deaths gives."""
+    import yaml
+
+    d = tmp_path_factory.mktemp("uninterrupted")
+    (d / "campaign.yaml").write_text(yaml.safe_dump(campaign(data_dir, str(d / "store"), d / "results").model_dump(mode="json")))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(d / "campaign.yaml")], cwd=ROOT, env=env,
+                            stdout=open(d / "log", "w"), stderr=subprocess.STDOUT)  # fmt: skip
+    yield proc, d
+    if proc.poll() is None:
+        proc.kill()
+
+
+def test_campaign_across_pods_survives_pod_deaths_mid_training_and_mid_eval(uninterrupted, farm_cluster, data_dir, tmp_path):
+    """`ray job submit` of a campaign to the head pod; the pod running a training unit is killed
+    mid-training (after a checkpoint), then a pod running an eval shard mid-eval: the units are
+    re-placed on other pods and the bpb is the uninterrupted run's, bit for bit."""
+    import boto3
 
     world, head, workers = farm_cluster
     boto3.client("s3").create_bucket(Bucket="farm")
     env = {k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
-
-    def spec(store: str):
-        return make_spec(
-            data_dir, store, seeds=[1, 2], results_dir=str(tmp_path / store.rsplit("/", 1)[-1]),
-            data={"val_tokens": 16000},  # eval shards long enough to die in
-            train={"world_size": 1, "max_steps": 24, "log_every": 4},
-            evals=[{"name": "sw", "seq_len": 64, "stride": 8, "batch_seqs": 8, "shards": 2}],
-            cluster={"retry_backoff_s": 0.2, "local": {"num_cpus": 4, "num_gpus": 0}},
-        )  # fmt: skip
-
+    store = "s3://farm/kill"
     t0 = time.monotonic()
-    finish(*submit(head.ssh.host, spec("s3://farm/base"), tmp_path, env), timeout=300)
-    figure("uninterrupted campaign", time.monotonic() - t0)
-    base = bpbs("s3://farm/base", [1, 2])
-
-    t0 = time.monotonic()
-    client, job = submit(head.ssh.host, spec("s3://farm/kill"), tmp_path, env)
-    unit, pod, at = kill_when(world, "s3://farm/kill", "train/", timeout=240)
-    figure(f"death -> re-placed ({unit}, mid-training)", replaced_after("s3://farm/kill", unit, pod, at, timeout=420))
-    fresh = rent(world, "ray-farm-worker3", gpus=2)  # what the autoscaler does for waiting units
-    figure("replacement worker join", join(world, fresh, f"{head.ssh.host}:6379")["join"])
-    unit, pod, at = kill_when(world, "s3://farm/kill", "eval/", timeout=300)
-    figure(f"death -> re-placed ({unit}, mid-eval)", replaced_after("s3://farm/kill", unit, pod, at, timeout=420))
+    client, job = submit(head.ssh.host, campaign(data_dir, store, tmp_path / "results"), tmp_path, env)
+    unit, pod, at = kill_when(world, store, "train/", timeout=240)
+    figure(f"death -> re-placed ({unit}, mid-training)", replaced_after(store, unit, pod, at, timeout=420))
+    unit, pod, at = kill_when(world, store, "eval/", timeout=300)
+    figure(f"death -> re-placed ({unit}, mid-eval)", replaced_after(store, unit, pod, at, timeout=420))
     finish(client, job, timeout=600)
     figure("campaign with two pod deaths", time.monotonic() - t0)
-    killed = bpbs("s3://farm/kill", [1, 2])
-    print(f"farm bpb: uninterrupted {base}, with kills {killed}")
+    killed = bpbs(store, [1, 2])
+
+    proc, d = uninterrupted
+    assert proc.wait(timeout=300) == 0, (d / "log").read_text()[-4000:]
+    base = bpbs(str(d / "store"), [1, 2])
+    print(f"farm bpb: uninterrupted {base}, with two pod deaths {killed}")
     assert killed == base

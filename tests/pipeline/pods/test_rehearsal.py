@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ray.autoscaler.tags import NODE_KIND_HEAD, TAG_RAY_NODE_KIND
 
 from pipeline.pods.client import RunPodClient
 from pipeline.pods.rehearsal import farm_cluster_config
@@ -61,7 +62,7 @@ def test_ray_up_rents_the_head_pod_syncs_the_code_starts_ray_and_ray_down_ends_i
     launcher("up", "-y", "--no-config-cache", str(cluster_file))
     figure("ray up (head pod rented, code synced, Ray started)", time.monotonic() - t0)
     [head] = cluster_pods()
-    assert head.name.startswith("ray-farm-train_8xh100-") and head.ray_tags["ray-node-kind"] == "head"
+    assert head.name.startswith("ray-farm-train_8xh100-") and head.ray_tags[TAG_RAY_NODE_KIND] == NODE_KIND_HEAD
     synced = world.farm.pods[head.id].dir / "workspace" / "pipeline"
     assert (synced / "pipeline" / "pods" / "provider.py").read_bytes() == (ROOT / "pipeline/pods/provider.py").read_bytes()
     [node] = ray_nodes(world, head.ssh.host)
@@ -81,31 +82,33 @@ ray.init(address="auto")
 def hold(s):
     time.sleep(s)
     return ray.get_runtime_context().get_node_labels().get("runpod.io/pod-id")
-print(sorted(ray.get([hold.remote(60) for _ in range(3)])))
+print(sorted(ray.get([hold.remote(90) for _ in range(4)])))
 """
 
 
 def long_rehearsal(world, head) -> None:
-    """3 one-GPU tasks on a 2-GPU head: the autoscaler rents an eval pod; it dies, the autoscaler
-    replaces it; once nothing waits, the idle pod is ended (idle_timeout_minutes: 1)."""
+    """4 one-GPU tasks on a 2-GPU head: the autoscaler rents eval pods; one dies, the autoscaler
+    replaces it; once nothing waits, the idle pods are ended (idle_timeout_minutes: 1)."""
     script = world.farm.pods[head.id].dir / "workspace" / "waiting.py"
     script.write_text(WAITING)
     job = subprocess.Popen([*ssh_cmd(world, head.ssh.host), "cd /workspace/pipeline && .venv/bin/python /workspace/waiting.py"],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     t0 = time.monotonic()
-    [eval_pod] = wait_for("an eval pod rented", lambda: [p for p in cluster_pods("ray-farm-eval_1xh100-")], 180)
-    figure("task waits -> eval pod rented", time.monotonic() - t0)
-    wait_for("the eval pod in Ray", lambda: any(n["alive"] and n["pod"] == eval_pod.id for n in ray_nodes(world, head.ssh.host)), 300)
-    figure("task waits -> eval pod in Ray", time.monotonic() - t0)
-    t1 = time.monotonic()
-    world.farm.end_pod(eval_pod.id)  # the pod dies: RunPod still says RUNNING; Ray stops hearing from it
-    [new] = wait_for("a replacement eval pod", lambda: [p for p in cluster_pods("ray-farm-eval_1xh100-") if p.id != eval_pod.id], 300)
+    evals = "ray-farm-eval_1xh100-"
+    first = wait_for("an eval pod rented", lambda: cluster_pods(evals), 180)[0]
+    figure("tasks wait -> eval pod rented", time.monotonic() - t0)
+    wait_for("the eval pod in Ray", lambda: any(n["alive"] and n["pod"] == first.id for n in ray_nodes(world, head.ssh.host)), 300)
+    figure("tasks wait -> eval pod in Ray", time.monotonic() - t0)
+    t1, known = time.monotonic(), {p.id for p in cluster_pods(evals)}
+    world.farm.end_pod(first.id)  # the pod dies: RunPod still says RUNNING; Ray stops hearing from it
+    wait_for("the dead pod terminated", lambda: first.id not in {p.id for p in cluster_pods(evals)}, 300)
+    figure("eval pod death -> terminated by the autoscaler", time.monotonic() - t1)
+    [new] = wait_for("a replacement eval pod", lambda: [p for p in cluster_pods(evals) if p.id not in known][:1], 300)
     figure("eval pod death -> replacement rented", time.monotonic() - t1)
     wait_for("the replacement in Ray", lambda: any(n["alive"] and n["pod"] == new.id for n in ray_nodes(world, head.ssh.host)), 300)
     figure("eval pod death -> replacement in Ray", time.monotonic() - t1)
     out, _ = job.communicate(timeout=600)
     assert job.returncode == 0, out[-3000:]
     t2 = time.monotonic()
-    wait_for("the idle eval pod ended", lambda: not cluster_pods("ray-farm-eval_1xh100-"), 400)
-    figure("idle -> eval pod ended", time.monotonic() - t2)
-
+    wait_for("the idle eval pods ended", lambda: not cluster_pods(evals), 400)
+    figure("tasks done -> idle eval pods ended", time.monotonic() - t2)
