@@ -169,7 +169,13 @@ class FakeRunPod:
             p.update(desiredStatus="EXITED", runtime=None)
             return {"podStop": {"id": p["id"], "desiredStatus": "EXITED"}}
         if op == "podResume":
-            p.update(desiredStatus="RUNNING", runtime={"uptimeInSeconds": 0, "ports": [], "gpus": []})
+            ports = []
+            if self.machines is not None:  # a new host for the pod (its volume: the farm keeps its dir)
+                env = dict(e.split("=", 1) for e in p["env"])
+                ip = self.machines.start_pod(p["id"], env)
+                ports = [{"ip": ip, "isIpPublic": True, "privatePort": 22, "publicPort": 22, "type": "tcp"},
+                         {"ip": ip, "isIpPublic": False, "privatePort": 22, "publicPort": 22, "type": "tcp"}]  # fmt: skip
+            p.update(desiredStatus="RUNNING", runtime={"uptimeInSeconds": 0, "ports": ports, "gpus": []})
             return {"podResume": {"id": p["id"], "desiredStatus": "RUNNING"}}
         if op == "podTerminate":
             del self.pods[p["id"]]

@@ -54,7 +54,6 @@ class FarmPod:
     ns: str  # network namespace name
     dir: Path  # its home, workspace, Ray temp dir and sshd files
     proc: subprocess.Popen  # `unshare` on the host; its child is the pod's pid 1
-    started_at: float
 
 
 def _sh(*args: str) -> None:
@@ -151,6 +150,8 @@ class Farm:
         venv = d / "workspace" / "pipeline" / ".venv"  # the "image": this machine's installed venv
         if not venv.exists():
             venv.symlink_to(Path(sys.prefix))
+        for old in (d / "host", d / "host.pub"):  # a resumed pod is a new machine: a new host key
+            old.unlink(missing_ok=True)
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host")], check=True)
         pod_env = {**self.env, **env, "RUNPOD_POD_ID": pod_id, "HOME": "/root"}
         # sshd hands these to every session (PermitUserEnvironment), as RunPod exports a pod's env.
@@ -186,7 +187,7 @@ class Farm:
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
         log.close()
-        pod = FarmPod(pod_id, ip, ns, d, proc, time.monotonic())
+        pod = FarmPod(pod_id, ip, ns, d, proc)
         with self._lock:
             self.pods[pod_id] = pod
         self._wait_ssh(pod)

@@ -73,6 +73,14 @@ def test_a_farm_pod_is_its_own_host_and_its_death_is_total(farm_world, tmp_path)
         assert ns not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
         assert on_pod(world, b.ssh.host, "true", timeout=30).returncode != 0
         assert host_raylet.poll() is None and on_pod(world, a.ssh.host, "true").returncode == 0
+
+        # podStop ends the host; podResume gives the pod a new one (new address, new host key)
+        client = RunPodClient.from_env()
+        client.stop_pod(a.id)
+        assert a.id not in world.farm.pods
+        client.resume_pod(a.id, 1)
+        again = client.get_pod(a.id)
+        assert again.ssh.host != a.ssh.host and on_pod(world, again.ssh.host, "echo $RUNPOD_POD_ID").stdout.strip() == a.id
     finally:
         host_raylet.kill()
         host_raylet.wait()
