@@ -213,8 +213,9 @@ def kill_when(world, store_uri: str, unit_prefix: str, timeout: float) -> tuple[
             if not e["unit"].startswith(unit_prefix) or e.get("pod") not in world.farm.pods:
                 continue
             store, layout, parts = open_store(store_uri), Layout("t"), e["unit"].split("/")
-            if unit_prefix == "train/" and not store.list(layout.train_dir(int(parts[1])) + "/"):
-                continue  # no checkpoint yet
+            if unit_prefix == "train/" and (not store.list(layout.train_dir(int(parts[1])) + "/ckpt")
+                                            or store.exists(layout.manifest(int(parts[1])))):
+                continue  # no checkpoint yet, or trained already
             if unit_prefix == "eval/" and store.exists(layout.shard_done(int(parts[1]), parts[2], int(parts[3]))):
                 continue  # that shard is done already
             at = time.time()

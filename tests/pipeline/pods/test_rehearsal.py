@@ -82,13 +82,14 @@ ray.init(address="auto")
 def hold(s):
     time.sleep(s)
     return ray.get_runtime_context().get_node_labels().get("runpod.io/pod-id")
-print(sorted(ray.get([hold.remote(90) for _ in range(4)])))
+print(sorted(ray.get([hold.remote(150) for _ in range(5)])))
 """
 
 
 def long_rehearsal(world, head) -> None:
-    """4 one-GPU tasks on a 2-GPU head: the autoscaler rents eval pods; one dies, the autoscaler
-    replaces it; once nothing waits, the idle pods are ended (idle_timeout_minutes: 1)."""
+    """5 one-GPU tasks of 150 s on a 2-GPU head: the autoscaler rents eval pods (at most 2); one dies
+    while a task still waits, and the autoscaler replaces it; once nothing waits, the idle pods are
+    ended (idle_timeout_minutes: 1)."""
     script = world.farm.pods[head.id].dir / "workspace" / "waiting.py"
     script.write_text(WAITING)
     job = subprocess.Popen([*ssh_cmd(world, head.ssh.host), "cd /workspace/pipeline && .venv/bin/python /workspace/waiting.py"],
