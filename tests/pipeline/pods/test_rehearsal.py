@@ -76,23 +76,24 @@ def test_ray_up_rents_the_head_pod_syncs_the_code_starts_ray_and_ray_down_ends_i
     assert cluster_pods() == [] and world.farm.pods == {}
 
 
-WAITING = """import ray, time
+WAITING = """import os, ray, sys, time
 ray.init(address="auto")
-@ray.remote(num_gpus=1)
-def hold(s):
-    time.sleep(s)
+@ray.remote(num_gpus=1, max_retries=3)
+def hold(flag):
+    while not os.path.exists(flag):  # until the test releases them: demand lasts as long as it must
+        time.sleep(1)
     return ray.get_runtime_context().get_node_labels().get("runpod.io/pod-id")
-print(sorted(ray.get([hold.remote(150) for _ in range(5)])))
+print(sorted(ray.get([hold.remote(sys.argv[1]) for _ in range(4)])))
 """
 
 
 def long_rehearsal(world, head) -> None:
-    """5 one-GPU tasks of 150 s on a 2-GPU head: the autoscaler rents eval pods (at most 2); one dies
-    while a task still waits, and the autoscaler replaces it; once nothing waits, the idle pods are
-    ended (idle_timeout_minutes: 1)."""
-    script = world.farm.pods[head.id].dir / "workspace" / "waiting.py"
+    """4 one-GPU tasks on a 2-GPU head, held until released: the autoscaler rents 2 eval pods; one
+    dies, its task waits again, and the autoscaler replaces the pod; once the tasks are released and
+    done, the idle pods are ended (idle_timeout_minutes: 1)."""
+    script, flag = world.farm.pods[head.id].dir / "workspace" / "waiting.py", world.farm.root / "release"
     script.write_text(WAITING)
-    job = subprocess.Popen([*ssh_cmd(world, head.ssh.host), "cd /workspace/pipeline && .venv/bin/python /workspace/waiting.py"],
+    job = subprocess.Popen([*ssh_cmd(world, head.ssh.host), f"cd /workspace/pipeline && .venv/bin/python /workspace/waiting.py {flag}"],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     t0 = time.monotonic()
     evals = "ray-farm-eval_1xh100-"
@@ -108,6 +109,7 @@ def long_rehearsal(world, head) -> None:
     figure("eval pod death -> replacement rented", time.monotonic() - t1)
     wait_for("the replacement in Ray", lambda: any(n["alive"] and n["pod"] == new.id for n in ray_nodes(world, head.ssh.host)), 300)
     figure("eval pod death -> replacement in Ray", time.monotonic() - t1)
+    flag.write_text("")
     out, _ = job.communicate(timeout=600)
     assert job.returncode == 0, out[-3000:]
     t2 = time.monotonic()
