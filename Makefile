@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DATA := data/demo
 
-.PHONY: demo test test-fast install clean-demo ssh-server gpu-check
+.PHONY: demo test test-fast install clean-demo ssh-server gpu-check pod-farm
 
 install: $(STAMP)
 
@@ -46,6 +46,12 @@ ssh-server:
 	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends openssh-server >/dev/null 2>&1; } || \
 	    echo "openssh-server could not be installed: the ssh tests will be skipped"; \
 	  else echo "no sshd and not root with apt-get: the ssh tests will be skipped"; fi; }
+
+# A pod farm on this machine (README: Pods): the local RunPod API rents pods that are network
+# namespaces with their own address and sshd, and a moto S3 serves them all; rehearse `ray up`, a
+# campaign and a pod's death before renting. Root + `ip netns`; runs until Ctrl-C (pod-farm/env, cluster.yaml).
+pod-farm: $(STAMP) ssh-server
+	$(PY) -m pipeline.pods.rehearsal --dir pod-farm
 
 # One table of the GPU path (versions, flash-attn vs SDPA, the GPU each eval task uses, NCCL group,
 # eval windows/s): on a machine with NVIDIA GPUs; writes only under gpu-check/ (bench/gpu_check.py).

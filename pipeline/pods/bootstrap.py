@@ -112,10 +112,10 @@ def bootstrap(
     num_gpus = pod.gpu_count if cpu_pod else len(gpu_names)
     labels = pod_labels(pod)
 
-    env = ""
+    env = f"PYTHONPATH={q(d)} "  # the synced code, whether pip installed it or the image had its requirements
     if ray_token:  # by SFTP into a 0600 file: never on a command line (ps) or in a log
         ssh.write(f"{d}/.ray-auth-token", ray_token, mode=0o600)
-        env = f"RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={q(d + '/.ray-auth-token')} "
+        env += f"RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={q(d + '/.ray-auth-token')} "
     leave_ray(ssh, d)  # a re-bootstrap replaces the node this pod ran before
     # head "self": this pod becomes the head (port 6379, dashboard for `ray job submit`).
     where = ["--head", "--port=6379", "--dashboard-host=0.0.0.0"] if head == "self" else [f"--address={head}"]
@@ -182,13 +182,16 @@ def _install(ssh: SSH, d: str, python: str, log: Callable[[str], None]) -> bool:
     # then keeps that build instead of downloading another.
     # A pod without a torch in its image gets the project's pin (the Makefile's TORCH), not whatever
     # `torch>=2.5` resolves to that day.
+    # An image that has every requirement already (pipeline/pods/image.py: the pod farm's pods, or an
+    # image built with them) skips pip: the code runs from this directory (PYTHONPATH at ray start).
     torch = torch_requirement()
     ssh.check(
         f"cd {q(d)} && tar -xzf .pipeline-src.tar.gz && rm .pipeline-src.tar.gz && "
         f"{{ test -x .venv/bin/python || {q(python)} -m venv --system-site-packages .venv; }} && "
+        "{ .venv/bin/python -m pipeline.pods.image || { "
         f"{{ .venv/bin/python -c 'import torch' >/dev/null 2>&1 || {{ echo {q(f'no torch in the image: installing {torch}')} && "
         f".venv/bin/python -m pip install -q {q(torch)}; }}; }} && "
-        ".venv/bin/python -m pip install -q -e .",
+        ".venv/bin/python -m pip install -q -e .; }; }",
         out=log,
         timeout_s=1800,
         what="install (pip install -e .)",

@@ -1,5 +1,5 @@
 """Real parts for the pods tests: OpenSSH sshd on 127.0.0.1 with throwaway host and client keys
-(installed by `make test`'s ssh-server step), and a local RunPod GraphQL server (fake_runpod.py)."""
+(installed by `make test`'s ssh-server step), and a local RunPod GraphQL server (pipeline/pods/fake_api.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.pipeline.pods.fake_runpod import FakeRunPod
+from pipeline.pods.fake_api import FakeRunPod
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
@@ -87,3 +87,44 @@ def runpod(monkeypatch):
         yield server
     finally:
         server.stop()
+
+
+@dataclass(frozen=True)
+class FarmWorld:
+    farm: object  # pipeline.pods.farm.Farm
+    api: FakeRunPod
+    s3: str  # moto's endpoint on the bridge, reachable from every pod
+
+
+@pytest.fixture(scope="module")
+def farm_world(tmp_path_factory):
+    """The pod farm (pipeline/pods/farm.py) behind the local RunPod API, and moto S3, both on the
+    farm's bridge address; RUNPOD_API_* and AWS_* point this process (and every pod) at them."""
+    import os
+
+    from moto.server import ThreadedMotoServer
+
+    from pipeline.pods.farm import Farm
+
+    why = Farm.missing()
+    if why:
+        pytest.skip(why)
+    farm = Farm.free(tmp_path_factory.mktemp("farm")).up()
+    api = FakeRunPod(host=farm.host_ip, machines=farm)
+    api.start()
+    s3 = ThreadedMotoServer(ip_address=farm.host_ip, port=0, verbose=False)
+    s3.start()
+    host, port = s3.get_host_and_port()
+    env = {"RUNPOD_API_KEY": api.key, "RUNPOD_API_URL": api.url, "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+           "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+    farm.env.update(env)
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield FarmWorld(farm, api, env["AWS_ENDPOINT_URL"])
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        farm.down()
+        api.stop()
+        s3.stop()

@@ -148,6 +148,7 @@ def test_ray_node_pid_is_ray_start_itself_and_leaving_ends_it(sshd, runpod, tmp_
 
 
 PIP_FAILS = """case "$*" in
+  "-m pipeline.pods.image") echo "unmet: ray[default,train]>=2.40: not installed"; exit 1 ;;
   "-c import torch") exit 1 ;;
   "-c import pipeline, ray") exit 1 ;;
   *"install -q -e ."*)

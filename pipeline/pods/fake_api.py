@@ -1,9 +1,11 @@
-"""A small threaded HTTP server on 127.0.0.1 that answers RunPod's GraphQL shapes: `myself { pods }`,
+"""A small threaded HTTP server (127.0.0.1 unless told another address) that answers RunPod's GraphQL shapes: `myself { pods }`,
 `pod(input)`, podFindAndDeployOnDemand, podStop, podResume, podTerminate (README: Pods; RunPod's
 GraphQL docs). It checks the bearer key, keeps pods in memory with `costPerHr` as a string, and can
 be told to answer the next requests with an HTTP status (401, 429 + Retry-After, 5xx) or GraphQL
 `errors`, or to do what the next requests ask and answer them late (a client's timeout), or to hold
-every request unanswered until released (an API that hangs)."""
+every request unanswered until released (an API that hangs). With `machines` (the pod farm,
+pipeline/pods/farm.py) a pod it creates is a real host: create, stop and terminate start and end it.
+It serves the tests and `make pod-farm` (a rehearsal before renting)."""
 
 from __future__ import annotations
 
@@ -13,14 +15,23 @@ import secrets
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 
 PRICES = {"NVIDIA H100 80GB HBM3": "2.69", "NVIDIA GeForce RTX 4090": "0.69"}
 _OP = re.compile(r"\{\s*(\w+)")
 
 
+class Machines(Protocol):
+    """What stands behind the pods the API rents (the farm): a host per pod, reached at an address."""
+
+    def start_pod(self, pod_id: str, env: dict[str, str]) -> str: ...  # its address (SSH on port 22)
+
+    def end_pod(self, pod_id: str) -> None: ...  # its processes and its host are gone
+
+
 class FakeRunPod:
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1", machines: Machines | None = None) -> None:
+        self.machines = machines
         self.key = "rp_" + secrets.token_hex(16)
         self.pods: dict[str, dict[str, Any]] = {}
         self.calls: list[tuple[str, dict]] = []  # (operation, variables)
@@ -60,8 +71,8 @@ class FakeRunPod:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/graphql"
+        self.httpd = ThreadingHTTPServer((host, 0), Handler)
+        self.url = f"http://{host}:{self.httpd.server_address[1]}/graphql"
 
     def start(self) -> None:
         threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
@@ -81,7 +92,8 @@ class FakeRunPod:
             ports = []
             if ssh:
                 ports.append({"ip": ssh[0], "isIpPublic": True, "privatePort": 22, "publicPort": ssh[1], "type": "tcp"})
-                ports.append({"ip": "10.0.0.%d" % self._n, "isIpPublic": False, "privatePort": 22, "publicPort": 22, "type": "tcp"})
+                private = ssh[0] if ssh[1] == 22 else "10.0.0.%d" % self._n  # a farm pod: one address
+                ports.append({"ip": private, "isIpPublic": False, "privatePort": 22, "publicPort": 22, "type": "tcp"})
             self.pods[pid] = {
                 "id": pid, "name": name, "desiredStatus": status, "costPerHr": PRICES.get(gpu, "1.00"),
                 "gpuCount": count, "imageName": "runpod/pytorch", "env": env or [],
@@ -141,17 +153,29 @@ class FakeRunPod:
             if inp.get("gpuTypeId") not in PRICES:
                 return {"podFindAndDeployOnDemand": None}  # no machine with those GPUs
             env = [f"{e['key']}={e['value']}" for e in inp.get("env") or []]
-            pid = self.add_pod(gpu=inp["gpuTypeId"], count=inp["gpuCount"], uptime=0, ssh=self.ssh_endpoint or ("203.0.113.9", 41022), name=inp["name"], env=env)
+            ssh = self.ssh_endpoint or ("203.0.113.9", 41022)
+            if self.machines is not None:  # the pod's id first, then its host (which knows its id, as RUNPOD_POD_ID)
+                pid = f"pod{self._n + 1:03d}x"
+                ssh = (self.machines.start_pod(pid, {e["key"]: e["value"] for e in inp.get("env") or []}), 22)
+            pid = self.add_pod(gpu=inp["gpuTypeId"], count=inp["gpuCount"], uptime=0, ssh=ssh, name=inp["name"], env=env)
             self.pods[pid]["create_input"] = inp
             return {"podFindAndDeployOnDemand": dict(self.pods[pid])}
         p = self.pods.get(inp.get("podId"))
         if p is None:
             raise LookupError(f"pod {inp.get('podId')} not found")
+        if op in ("podStop", "podTerminate") and self.machines is not None:
+            self.machines.end_pod(p["id"])
         if op == "podStop":
             p.update(desiredStatus="EXITED", runtime=None)
             return {"podStop": {"id": p["id"], "desiredStatus": "EXITED"}}
         if op == "podResume":
-            p.update(desiredStatus="RUNNING", runtime={"uptimeInSeconds": 0, "ports": [], "gpus": []})
+            ports = []
+            if self.machines is not None:  # a new host for the pod (its volume: the farm keeps its dir)
+                env = dict(e.split("=", 1) for e in p["env"])
+                ip = self.machines.start_pod(p["id"], env)
+                ports = [{"ip": ip, "isIpPublic": True, "privatePort": 22, "publicPort": 22, "type": "tcp"},
+                         {"ip": ip, "isIpPublic": False, "privatePort": 22, "publicPort": 22, "type": "tcp"}]  # fmt: skip
+            p.update(desiredStatus="RUNNING", runtime={"uptimeInSeconds": 0, "ports": ports, "gpus": []})
             return {"podResume": {"id": p["id"], "desiredStatus": "RUNNING"}}
         if op == "podTerminate":
             del self.pods[p["id"]]
