@@ -28,8 +28,11 @@ demo: $(STAMP) $(DEMO_DATA)/.ready
 	$(PY) -m pipeline run jobs/demo.yaml
 	$(PY) -m pipeline report jobs/demo.yaml
 
+# Two pytest workers (xdist), each test module whole on one worker (--dist loadfile), so a module's
+# Ray instance or trained campaign is made once: the waits of one (process starts, Ray start-ups,
+# kills) overlap the other's compute on 2 cores.
 test: $(STAMP) ssh-server
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 # The edit-run loop: every test that starts no Ray, no sshd and kills nothing (the `heavy` marker,
 # tests/conftest.py). `make test` stays the one that proves the faults.
