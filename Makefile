@@ -32,7 +32,7 @@ demo: $(STAMP) $(DEMO_DATA)/.ready
 # Ray instance or trained campaign is made once: the waits of one (process starts, Ray start-ups,
 # kills) overlap the other's compute on 2 cores.
 test: $(STAMP) ssh-server
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=25 tests
 
 # The edit-run loop: every test that starts no Ray, no sshd and kills nothing (the `heavy` marker,
 # tests/conftest.py). `make test` stays the one that proves the faults.
