@@ -130,7 +130,6 @@ class RunReport:
         return f"ran {n} unit(s) in {tries} attempt(s) ({parts})"
 
 
-
 class Driver:
     def __init__(
         self,
