@@ -199,6 +199,21 @@ class ScriptCheckpoints(_Strict):
 
     dir: str = Field("checkpoints", description="the folder, relative to the run directory (the script's cwd)")
     env: str | None = Field(None, description="environment variable set to the folder's absolute path (e.g. CKPT_DIR)")
+    step: str = later(
+        r"(\d+)", description="a regex whose first group, found in the folder's file paths, is its checkpoint's step (the "
+        "largest match): a group over several nodes resumes only from a step every node that snapshots has"
+    )
+
+    @field_validator("step")
+    @classmethod
+    def _step(cls, v: str) -> str:
+        try:
+            groups = re.compile(v).groups
+        except re.error as e:
+            raise ValueError(f"{v!r} is not a regex ({e})") from None
+        if groups < 1:
+            raise ValueError(f"{v!r} has no group: its first group is the step, e.g. 'step_(\\d+)'")
+        return v
 
     @field_validator("dir")
     @classmethod

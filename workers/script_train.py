@@ -36,7 +36,7 @@ from pipeline.store import Layout, Store, open_store
 from workers.golf_log import parse_log
 
 MANIFEST_VERSION = 1
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2  # 2: the group's node count and the files' step ("nodes", "step")
 TAIL_LINES = 50  # of a failed script's log, in its error
 POLL_S = 0.2
 KILL_GRACE_S = 10.0  # SIGTERM, then SIGKILL
@@ -312,8 +312,9 @@ class CheckpointSync:
     held still (same sizes and mtimes) over one scan interval, so a file being written is not
     taken half-written; blobs are named by content, so an unchanged file is uploaded once."""
 
-    def __init__(self, store: Store, prefix: str, folder: Path, every_s: float, keep: int):
+    def __init__(self, store: Store, prefix: str, folder: Path, every_s: float, keep: int, nodes: int = 1, step: str = r"(\d+)"):
         self.store, self.prefix, self.folder, self.every_s, self.keep = store, prefix, folder, every_s, keep
+        self.nodes, self.step_re = nodes, re.compile(step)  # the group's node count and step pattern, in each snapshot
         self._prev: dict[str, tuple[int, int]] | None = None
         self._uploaded: dict[str, tuple[int, int]] = _file_state(folder) if folder.is_dir() else {}  # what a restore put there
         self._last = 0.0
@@ -338,7 +339,8 @@ class CheckpointSync:
                 self.store.put(key, (self.folder / rel).read_bytes())
             files[rel] = {"sha256": digest, "bytes": size}
         key = f"{self.prefix}/snap-{self._n:06d}.json"
-        self.store.put_new_json(key, {"version": SNAPSHOT_VERSION, "time": time.time(), "files": files})
+        snap = {"version": SNAPSHOT_VERSION, "time": time.time(), "nodes": self.nodes, "step": snapshot_step(files, self.step_re), "files": files}
+        self.store.put_new_json(key, snap)
         self._n += 1
         self._uploaded = state
         self.snapshots.append(key)
@@ -355,26 +357,72 @@ class CheckpointSync:
                 self.store.delete(k)
 
 
-def restore_checkpoints(store: Store, layout: Layout, seed: int, node: int, folder: Path) -> str | None:
-    """Fill `folder` with this node's newest snapshot of any earlier attempt; its key, or None."""
-    best: tuple[float, str, dict] | None = None
+def snapshot_step(files: dict[str, Any], step_re: re.Pattern[str]) -> int | None:
+    """A snapshot's step: the largest number the pattern's first group finds in its file paths."""
+    found = [int(m.group(1)) for rel in files for m in step_re.finditer(rel) if m.group(1) and m.group(1).isdigit()]
+    return max(found) if found else None
+
+
+@dataclass(frozen=True)
+class RestorePlan:
+    """What a restarted group puts back in its nodes' folders: a snapshot key per node (nodes that
+    never snapshotted get nothing), or no key and why."""
+
+    keys: dict[int, str]
+    step: int | None = None
+    why: str | None = None
+
+
+def _newest(snap: tuple[float, str, dict]) -> tuple[float, str]:
+    return snap[0], snap[1]
+
+
+def plan_restore(store: Store, layout: Layout, seed: int, nodes: int) -> RestorePlan:
+    """The snapshots of earlier attempts a group of `nodes` nodes restores. One node: its newest.
+    Several: each node writes its own folder (sharded state, or rank 0's alone), so the nodes that
+    snapshot must resume from the same step: the newest step every one of them has, each node's
+    newest snapshot of it; where the steps cannot be told or no step is common, none (a rerun, not
+    a resume that mixes steps)."""
+    per_node: dict[int, list[tuple[float, str, dict]]] = {}
+    other_shapes = set()
     for k in store.list(layout.script_ckpt(seed)):
         m = _SNAP_RE.search(k)
-        if m and int(m.group(2)) == node:
+        if m:
             snap = store.get_json(k)
-            if best is None or snap["time"] > best[0]:
-                best = (snap["time"], k, snap)
-    if best is None:
-        return None
-    snap = best[2]
-    prefix = best[1].rsplit("/", 1)[0]
+            if snap.get("nodes", 1) == nodes:  # a version-1 snapshot was written by a one-node group
+                per_node.setdefault(int(m.group(2)), []).append((snap["time"], k, snap))
+            else:
+                other_shapes.add(snap.get("nodes", 1))
+    if not per_node:
+        if other_shapes:
+            return RestorePlan({}, why=f"its snapshots are of a group on {sorted(other_shapes)} node(s), this one is on {nodes}")
+        return RestorePlan({}, why="the folder had no snapshot yet")
+    if nodes == 1:
+        return RestorePlan({0: max(per_node[0], key=_newest)[1]}) if 0 in per_node else RestorePlan({}, why="the folder had no snapshot yet")
+    steps = {g: {s[2].get("step") for s in snaps} - {None} for g, snaps in per_node.items()}
+    if any(not v for v in steps.values()):
+        unnamed = sorted(g for g, v in steps.items() if not v)
+        return RestorePlan({}, why=f"the checkpoint files of node(s) {unnamed} name no step (train.checkpoints.step): "
+                                   "the nodes' snapshots cannot be matched")
+    common = set.intersection(*steps.values())
+    if not common:
+        seen = ", ".join(f"node {g}: {sorted(v)}" for g, v in sorted(steps.items()))
+        return RestorePlan({}, why=f"no step that every node has a snapshot of ({seen})")
+    step = max(common)
+    return RestorePlan({g: max((s for s in snaps if s[2].get("step") == step), key=_newest)[1] for g, snaps in per_node.items()}, step=step)
+
+
+def restore_snapshot(store: Store, key: str, folder: Path) -> str:
+    """Fill `folder` with the files of the snapshot `key` (each checked against its sha256); the key."""
+    snap = store.get_json(key)
+    prefix = key.rsplit("/", 1)[0]
     for rel, f in snap["files"].items():
         blob = store.get(f"{prefix}/blobs/{f['sha256']}")
         if hashlib.sha256(blob).hexdigest() != f["sha256"]:
             raise ValueError(f"{store.uri}/{prefix}/blobs/{f['sha256']}: checkpoint file {rel} does not match its sha256")
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)
         (folder / rel).write_bytes(blob)
-    return best[1]
+    return key
 
 
 # --- one rank -----------------------------------------------------------------------------------
@@ -449,11 +497,14 @@ def _run_in(spec, seed, attempt, store: Store, layout: Layout, group, context: d
     md5, sha, nbytes = digests
     ckpt = cwd / t.checkpoints.dir if t.checkpoints is not None else None
     restored = None
+    # rank 0 chooses for every node, so all nodes resume from one step even if snapshots land meanwhile
+    plan = group.all_gather(plan_restore(store, layout, seed, place.group_world) if ckpt is not None and group.rank == 0 else None)[0]
     if place.local_rank == 0:
         cwd.mkdir(parents=True, exist_ok=True)
         if ckpt is not None:
             ckpt.mkdir(parents=True, exist_ok=True)
-            restored = restore_checkpoints(store, layout, seed, place.group_rank, ckpt)
+            if (key := plan.keys.get(place.group_rank)) is not None:
+                restored = restore_snapshot(store, key, ckpt)
     earlier = [a for _, a in attempts(store, layout, seed) if a != attempt] if group.rank == 0 else []
     if group.rank == 0:
         store.put_new_json(f"{layout.script_log(seed, attempt)}/start.json", {
@@ -465,7 +516,8 @@ def _run_in(spec, seed, attempt, store: Store, layout: Layout, group, context: d
     sink = LogSink(store, layout.script_log(seed, attempt, group.rank), min(spec.checkpoint_every_s, 10.0))
     sync = None
     if ckpt is not None and place.local_rank == 0:
-        sync = CheckpointSync(store, layout.script_ckpt(seed, attempt, place.group_rank), ckpt, every, t.keep_checkpoints)
+        sync = CheckpointSync(store, layout.script_ckpt(seed, attempt, place.group_rank), ckpt, every, t.keep_checkpoints,
+                              nodes=place.group_world, step=t.checkpoints.step)
     cmd = [sys.executable, "-u", str(script), *t.args]
     env = script_env(dict(os.environ), spec, seed, place, ckpt)
     outcome = supervise(cmd, env, cwd, sink, t.timeout_s, tick=sync.scan if sync else lambda: None)
@@ -478,7 +530,7 @@ def _run_in(spec, seed, attempt, store: Store, layout: Layout, group, context: d
         raise ScriptFailed(error.rsplit("\n", 1)[-1])
     group.all_gather(None)  # every rank's script has ended well
     if group.rank == 0:
-        restart = _restart(t, earlier, [r for r in restored_on if r])
+        restart = _restart(t, earlier, [r for r in restored_on if r], plan.why if plan is not None else None)
         _commit(spec, seed, attempt, store, layout, cwd, (script, md5, sha, nbytes), sink, outcome, restart, context)
     group.all_gather(None)  # rank 0 has read the artifacts from the shared run directory
 
@@ -490,13 +542,13 @@ def _campaign_script_digest(store: Store, layout: Layout) -> str | None:
     return d if isinstance(d, str) and re.fullmatch(r"[0-9a-f]{64}", d) else None
 
 
-def _restart(t: ScriptTrain, earlier: list[str], restored: list[str]) -> dict[str, Any]:
+def _restart(t: ScriptTrain, earlier: list[str], restored: list[str], why_not: str | None = None) -> dict[str, Any]:
     """How this attempt started: fresh, from the checkpoint folder of an earlier one, or a rerun
-    from the start (no folder declared, or nothing in it yet)."""
+    from the start (no folder declared, nothing in it yet, or the nodes' snapshots of no one step)."""
     if not earlier:
         return {"mode": "fresh", "earlier_attempts": 0}
     mode = "checkpoint" if restored else "rerun"
-    why = None if restored else ("no checkpoints folder declared" if t.checkpoints is None else "the folder had no snapshot yet")
+    why = None if restored else ("no checkpoints folder declared" if t.checkpoints is None else why_not or "the folder had no snapshot yet")
     return {"mode": mode, "earlier_attempts": len(earlier), "resumed_from": restored, **({"why": why} if why else {})}
 
 

@@ -5,6 +5,7 @@ classifies, and the checkpoint folder's round trip through the store."""
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from pipeline.store import Layout, open_store
 from tests.conftest import make_spec
 from workers.golf_log import parse_log
 from workers.script_train import (
-    CheckpointSync, LogSink, Outcome, _restart, describe, places, read_log, restore_checkpoints, script_env, supervise,
+    CheckpointSync, LogSink, Outcome, _restart, describe, places, plan_restore, read_log, restore_snapshot, script_env, supervise,
 )
 
 # The baseline train_gpt.py's lines, as a record's log holds them (values from its README's run).
@@ -92,6 +93,19 @@ def test_script_env_rules(data_dir, tmp_path, env, field):
         script_spec(data_dir, str(tmp_path), {"script": "x.py", "env": env})
 
 
+@pytest.mark.parametrize("step, field", [
+    ("(", "train.checkpoints.step: Value error, '(' is not a regex"),
+    (r"step_\d+", "has no group: its first group is the step"),
+])
+def test_a_checkpoint_step_pattern_must_compile_and_have_a_group(data_dir, tmp_path, step, field):
+    from pipeline.spec import SpecError
+
+    with pytest.raises(SpecError, match=re.escape(field)):
+        script_spec(data_dir, str(tmp_path), {"script": "x.py", "checkpoints": {"step": step}})
+    at_default = script_spec(data_dir, str(tmp_path), {"script": "x.py", "checkpoints": {}})
+    assert "step" not in at_default.fingerprint_dict()["train"]["checkpoints"]  # campaigns from before it keep their identity
+
+
 def test_the_gpt_recipe_keeps_its_fingerprint_and_kind_is_optional(data_dir, tmp_path):
     a = make_spec(data_dir, str(tmp_path))
     b = make_spec(data_dir, str(tmp_path), train={"kind": "gpt"})
@@ -159,9 +173,57 @@ def test_checkpoint_folder_round_trips_through_the_store_once_it_holds_still(tmp
     assert len(store.list(layout.script_ckpt(1, "a1", 0) + "/blobs/")) == 2  # step 1's blob went with its snapshot
     again = tmp_path / "again"
     again.mkdir()
-    assert restore_checkpoints(store, layout, 1, 0, again) == sync.snapshots[0]
+    plan = plan_restore(store, layout, 1, nodes=1)
+    assert plan.keys == {0: sync.snapshots[0]}
+    assert restore_snapshot(store, plan.keys[0], again) == sync.snapshots[0]
     assert (again / "ckpt.pt").read_bytes() == b"step 2!" and (again / "sub" / "opt.pt").read_bytes() == b"opt 2"
-    assert restore_checkpoints(store, layout, 1, 1, tmp_path) is None  # another node's folder: nothing
+    assert plan_restore(store, layout, 1, nodes=2).keys == {}  # a one-node group's folder is not a 2-node group's
+
+
+def snapshot(store, layout, attempt: str, node: int, files: dict[str, bytes], nodes: int = 2, step: str = r"(\d+)"):
+    """One node's snapshot of its checkpoint folder holding `files`, as its CheckpointSync writes it."""
+    folder = Path(store.uri).parent / "folders" / os.urandom(4).hex()
+    folder.mkdir(parents=True)
+    sync = CheckpointSync(store, layout.script_ckpt(1, attempt, node), folder, every_s=0.0, keep=5, nodes=nodes, step=step)
+    for rel, blob in files.items():
+        (folder / rel).write_bytes(blob)
+    sync._n = sum("/snap-" in k for k in store.list(layout.script_ckpt(1, attempt, node)))  # this node's next snapshot
+    sync.scan(), sync.scan()
+    return sync.snapshots[-1]
+
+
+def test_a_multi_node_group_resumes_only_from_a_step_every_snapshotting_node_has(tmp_path):
+    store, layout = open_store(str(tmp_path / "store")), Layout("t")
+    a300 = snapshot(store, layout, "a1", 0, {"ckpt_000300.pt": b"n0 s300"})
+    b300 = snapshot(store, layout, "a1", 1, {"shard_rank1_step300.pt": b"n1 s300"})
+    snapshot(store, layout, "a1", 0, {"ckpt_000400.pt": b"n0 s400"})  # node 0 got further before the death
+    assert store.get_json(a300)["step"] == 300 and store.get_json(b300)["step"] == 300  # the largest number: 300, not rank 1
+    plan = plan_restore(store, layout, 1, nodes=2)
+    assert (plan.step, plan.keys) == (300, {0: a300, 1: b300})  # not node 0's newer step 400 beside node 1's 300
+    b400 = snapshot(store, layout, "a1", 1, {"shard_rank1_step400.pt": b"n1 s400"})
+    assert plan_restore(store, layout, 1, nodes=2).step == 400 and plan_restore(store, layout, 1, nodes=2).keys[1] == b400
+    # a node that never snapshots (rank 0 alone writes the checkpoint) is not waited for
+    other = Layout("only0")
+    k = snapshot(store, other, "a1", 0, {"ckpt_9.pt": b"x"})
+    assert plan_restore(store, other, 1, nodes=2).keys == {0: k}
+
+
+def test_a_multi_node_group_reruns_when_its_snapshots_cannot_be_matched(tmp_path):
+    store, layout = open_store(str(tmp_path / "store")), Layout("t")
+    snapshot(store, layout, "a1", 0, {"latest.pt": b"n0"})
+    snapshot(store, layout, "a1", 1, {"latest.pt": b"n1"})
+    plan = plan_restore(store, layout, 1, nodes=2)
+    assert plan.keys == {} and "name no step (train.checkpoints.step)" in plan.why
+    disjoint = Layout("d")
+    snapshot(store, disjoint, "a1", 0, {"step_5.pt": b"n0"})
+    snapshot(store, disjoint, "a1", 1, {"step_4.pt": b"n1"})
+    plan = plan_restore(store, disjoint, 1, nodes=2)
+    assert plan.keys == {} and plan.why == "no step that every node has a snapshot of (node 0: [5], node 1: [4])"
+    # the pattern is the user's: here the step is in a folder name, and the node's rank is not a step
+    named = Layout("n")
+    ka = snapshot(store, named, "a1", 0, {"model.pt": b"m"}, nodes=1, step=r"ignored(\d+)")
+    assert store.get_json(ka)["step"] is None
+    assert plan_restore(store, named, 1, nodes=1).keys == {0: ka}  # one node: no step needed
 
 
 def test_restart_says_checkpoint_or_rerun(data_dir, tmp_path):
@@ -171,6 +233,7 @@ def test_restart_says_checkpoint_or_rerun(data_dir, tmp_path):
     assert _restart(with_ck, ["a0"], ["k"]) == {"mode": "checkpoint", "earlier_attempts": 1, "resumed_from": ["k"]}
     assert _restart(without, ["a0"], [])["why"] == "no checkpoints folder declared"
     assert _restart(with_ck, ["a0", "a1"], [])["mode"] == "rerun"
+    assert _restart(with_ck, ["a0"], [], "no step that every node has a snapshot of (node 0: [5], node 1: [4])")["why"].startswith("no step")
 
 
 def test_read_log_takes_the_newest_attempt(tmp_path):
