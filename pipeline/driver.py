@@ -182,6 +182,7 @@ class Driver:
         self.nodes: list[dict] | None = None  # the cluster as last recorded in the ledger
         self.alive: set[str] | None = None  # the nodes alive at the last look
         self.gone: set[str] = set()  # nodes seen leaving the alive set, not acted on yet
+        self.unreachable: set[str] = set()  # of the nodes Ray lists alive, those the driver's host cannot reach
         self.capacity = Capacity()
         self.looked = -1e18  # when the loop last looked at the cluster (time.monotonic)
         self.scan: CampaignScan | None = None
@@ -440,6 +441,7 @@ class Driver:
         if self.alive is not None:
             self.gone |= self.alive - alive
         self.alive = alive
+        self.unreachable = {n["NodeID"] for n in raw if n.get("Unreachable")}
         nodes = [node_identity(n, self.spec.cluster.pricing).as_dict() for n in raw]
         nodes.sort(key=lambda n: n["node_id"])
         if nodes != self.nodes:
@@ -629,7 +631,9 @@ class Driver:
                 continue
             self.executor.abandon(handle, sorted({e["placement_group"] for e in where if e.get("placement_group")}))
             self.sched.ended(handle)
-            err = NodeLost(f"node {lost[0]} died under the attempt (the driver saw it leave the cluster; not waiting for Ray's error)")
+            how = ("the driver's host stopped reaching it; Ray still listed it" if lost[0] in self.unreachable
+                   else "the driver saw it leave the cluster; not waiting for Ray's error")
+            err = NodeLost(f"node {lost[0]} died under the attempt ({how})")
             self._on_error(att, err, time.perf_counter() - att.started, report)
 
     def _committed(self, att: Attempt) -> dict[str, Any]:

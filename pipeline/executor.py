@@ -10,12 +10,14 @@ scheduling swapped out.
 from __future__ import annotations
 
 import queue
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.reach import NodeReach, Target, avoid_nodes
 from pipeline.scheduler import Capacity
 from pipeline.units import Unit
 
@@ -37,7 +39,9 @@ class Launch:
 @dataclass(frozen=True)
 class UnitFns:
     """The functions an attempt runs (pipeline/tasks.py's `train_unit`, `eval_unit`,
-    `eval_group_unit`; a bench swaps in fakes of the same signature) and their fixed arguments."""
+    `eval_group_unit`; a bench swaps in fakes of the same signature) and their fixed arguments.
+    RayExecutor passes the two group launchers `avoid=` (node ids) too, while some node it lists
+    cannot be reached."""
 
     train: Callable[..., dict]
     eval: Callable[..., dict]
@@ -95,14 +99,17 @@ class Executor(ABC):
 
 
 class RayExecutor(Executor):
-    def __init__(self, fns: UnitFns):
+    def __init__(self, fns: UnitFns, reach: NodeReach | None = None):
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         self.fns, self._affinity = fns, NodeAffinitySchedulingStrategy
+        self.here = ray.get_runtime_context().get_node_id()
+        # the driver's own view of vanished nodes, seconds before Ray's health check (pipeline/reach.py)
+        self.reach = reach if reach is not None else NodeReach()
         # The launcher of a worker group stays on the driver's node, so losing a GPU node costs the
         # group its workers but never the launcher itself.
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        here = NodeAffinitySchedulingStrategy(self.here, soft=True)
         self._train = ray.remote(num_cpus=0, max_retries=0, scheduling_strategy=here)(fns.train)
         # max_calls=0: reuse eval worker processes across shards (Ray's default for GPU tasks is a
         # fresh process each time, which re-imports torch and re-creates the CUDA context per
@@ -112,12 +119,18 @@ class RayExecutor(Executor):
 
     def submit(self, launch: Launch) -> Any:
         _, args = self.fns.args(launch)
+        # nodes Ray still lists but the driver cannot reach: nothing new goes there
+        gone = tuple(sorted(self.reach.unreachable()))
+        groups = {"avoid": gone} if gone else {}
         if launch.unit.kind == "train":
-            return self._train.remote(*args)
+            return self._train.remote(*args, **groups)
         if launch.gpus > 1:
-            return self._group.remote(*args)
+            return self._group.remote(*args, **groups)
         strategy = self._elsewhere(launch)
-        return self._eval.options(num_gpus=1, **({"scheduling_strategy": strategy} if strategy else {})).remote(*args)
+        options = {"scheduling_strategy": strategy} if strategy else {}
+        if gone:
+            options["label_selector"] = avoid_nodes(gone)
+        return self._eval.options(num_gpus=1, **options).remote(*args)
 
     def _elsewhere(self, launch: Launch) -> Any:
         """A soft affinity to an alive GPU node the unit has not failed on, if there is one."""
@@ -153,10 +166,15 @@ class RayExecutor(Executor):
         import ray
         from ray.util.placement_group import PlacementGroup, remove_placement_group
 
-        try:  # the launcher (a group's) is alive: force-cancelling it ends the actors it owns
-            ray.cancel(handle, force=True, recursive=True)
-        except Exception:  # noqa: BLE001 - a task on a dead node: nothing left to stop there
-            pass
+        def cancel() -> None:
+            try:  # the launcher (a group's) is alive: force-cancelling it ends the actors it owns
+                ray.cancel(handle, force=True, recursive=True)
+            except Exception:  # noqa: BLE001 - a task on a dead node: nothing left to stop there
+                pass
+
+        # off the loop: cancelling a task on a host that vanished before Ray marked it dead waits
+        # for that host's RPC deadline (~40 s measured on the pod farm)
+        threading.Thread(target=cancel, name="abandon", daemon=True).start()
         for pg in placement_groups:  # a group's ranks on alive nodes and the GPUs they reserve
             try:
                 remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg))))
@@ -164,9 +182,7 @@ class RayExecutor(Executor):
                 pass
 
     def capacity(self) -> Capacity:
-        import ray
-
-        alive = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("GPU", 0) > 0]
+        alive = [n for n in self.nodes() if n["Alive"] and n["Resources"].get("GPU", 0) > 0]
         try:  # per-node free GPUs: Ray has no public call for them (ray.available_resources() sums)
             from ray._private.state import available_resources_per_node
 
@@ -177,9 +193,17 @@ class RayExecutor(Executor):
         return Capacity(tuple(float(n["Resources"]["GPU"]) for n in alive), free)
 
     def nodes(self) -> list[dict[str, Any]]:
+        """Ray's nodes, those the driver's host cannot reach any more marked not alive (`Unreachable`)."""
         import ray
 
-        return ray.nodes()
+        raw = ray.nodes()
+        self.reach.watch(Target(n["NodeID"], n["NodeManagerAddress"], int(n["NodeManagerPort"]))
+                         for n in raw if n["Alive"] and n["NodeID"] != self.here and n.get("NodeManagerPort"))  # fmt: skip
+        gone = self.reach.unreachable()
+        return [{**n, "Alive": False, "Unreachable": True} if n["NodeID"] in gone else n for n in raw]
+
+    def close(self) -> None:
+        self.reach.close()
 
     def watch_pods(self, idle_stop_min: float, log: Callable[[str], None]) -> Any:
         from pipeline.pods.campaign import CampaignPods  # active only with a RunPod key and pod nodes

@@ -16,6 +16,7 @@ from typing import Any
 
 from pipeline.ledger import Ledger
 from pipeline.progress.pricing import LABEL_POD_ID
+from pipeline.reach import avoid_nodes
 from pipeline.errors import ScriptError, UnitError
 from pipeline.spec import CampaignSpec, ScriptTrain
 from pipeline.store import Layout, Store, open_store
@@ -49,12 +50,13 @@ def group_placement(gpus: float, span: bool) -> str:
 
 def fit_group(
     name: str, loop: Callable, config: dict, workers: int, gpus_per_worker: float, accelerator: str, store: Store, error_key: str,
-    placement: str = "STRICT_PACK", timeout_s: float = COLLECTIVE_TIMEOUT_S,
+    placement: str = "STRICT_PACK", timeout_s: float = COLLECTIVE_TIMEOUT_S, avoid: tuple[str, ...] = (),
 ) -> None:
     """A Ray Train worker group running `loop` (NCCL on cuda, gloo on cpu) until it ends; no
     restarts inside (max_failures=0): a dead or failing rank ends the group at once and the
     driver's retry policy decides what comes next. An application error a rank recorded at
-    `error_key` (this attempt's own key) is raised as UnitError (deterministic)."""
+    `error_key` (this attempt's own key) is raised as UnitError (deterministic). No worker goes
+    to a node of `avoid` (nodes the driver can no longer reach, that Ray still lists)."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -73,6 +75,7 @@ def fit_group(
             use_gpu=use_gpu,
             resources_per_worker={"GPU": gpus_per_worker} if use_gpu else {"CPU": 1},
             placement_strategy=placement,
+            **({"label_selector": avoid_nodes(avoid)} if avoid else {}),
         ),
         torch_config=TorchConfig(backend="nccl" if accelerator == "cuda" else "gloo", timeout_s=math.ceil(timeout_s)),
         run_config=RunConfig(
@@ -127,7 +130,7 @@ def _train_group_loop(config: dict) -> None:
     (script_train_loop if isinstance(spec.train, ScriptTrain) else ray_train_loop)(config)
 
 
-def train_unit(spec_json: dict, seed: int, store_uri: str, context: dict, run_id: str, attempt: str) -> dict:
+def train_unit(spec_json: dict, seed: int, store_uri: str, context: dict, run_id: str, attempt: str, avoid: tuple[str, ...] = ()) -> dict:
     """Runs in a zero-CPU Ray task: starts the seed's worker group and waits for it. A restarted
     attempt resumes from the newest checkpoint in the store."""
     spec = CampaignSpec.model_validate(spec_json)
@@ -140,7 +143,7 @@ def train_unit(spec_json: dict, seed: int, store_uri: str, context: dict, run_id
     config["placement"] = group_placement(t.world_size * t.gpus_per_worker, spec.cluster.groups_span_nodes)
     fit_group(
         f"{spec.name}-seed{seed}", _train_group_loop, config, t.world_size, t.gpus_per_worker, backend,
-        store, layout.train_error(seed, attempt), config["placement"], collective_timeout_s(spec),
+        store, layout.train_error(seed, attempt), config["placement"], collective_timeout_s(spec), avoid,
     )
     return store.get_json(layout.manifest(seed))["train"]
 
@@ -188,7 +191,9 @@ def _eval_group_loop(config: dict) -> None:
         raise
 
 
-def eval_group_unit(spec_json: dict, seed: int, recipe: str, store_uri: str, shard: int, run_id: str, attempt: str) -> dict:
+def eval_group_unit(
+    spec_json: dict, seed: int, recipe: str, store_uri: str, shard: int, run_id: str, attempt: str, avoid: tuple[str, ...] = (),
+) -> dict:
     """Runs in a zero-CPU Ray task: a TTT unit as a worker group of ttt.gpus ranks. A dead rank
     ends the attempt and the driver resumes the unit from its saved state."""
     spec = CampaignSpec.model_validate(spec_json)
@@ -198,6 +203,6 @@ def eval_group_unit(spec_json: dict, seed: int, recipe: str, store_uri: str, sha
     config["placement"] = group_placement(gpus, spec.cluster.groups_span_nodes)
     fit_group(
         f"{spec.name}-seed{seed}-{recipe}", _eval_group_loop, config, gpus, 1,
-        spec.cluster.accelerator, store, layout.shard_error(seed, recipe, shard, attempt), config["placement"],
+        spec.cluster.accelerator, store, layout.shard_error(seed, recipe, shard, attempt), config["placement"], avoid=avoid,
     )
     return store.get_json(layout.shard_done(seed, recipe, shard))
