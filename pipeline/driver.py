@@ -441,7 +441,11 @@ class Driver:
         if self.alive is not None:
             self.gone |= self.alive - alive
         self.alive = alive
-        self.unreachable = {n["NodeID"] for n in raw if n.get("Unreachable")}
+        unreachable = {n["NodeID"]: n["Unreachable"] for n in raw if n.get("Unreachable") is not None}
+        for node, silent in unreachable.items():
+            if node not in self.unreachable:
+                self.log(f"node {node[:12]} has not answered this host's connects for {silent:.1f} s: treated as gone (Ray still lists it)")
+        self.unreachable = set(unreachable)
         nodes = [node_identity(n, self.spec.cluster.pricing).as_dict() for n in raw]
         nodes.sort(key=lambda n: n["node_id"])
         if nodes != self.nodes:

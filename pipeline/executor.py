@@ -193,14 +193,15 @@ class RayExecutor(Executor):
         return Capacity(tuple(float(n["Resources"]["GPU"]) for n in alive), free)
 
     def nodes(self) -> list[dict[str, Any]]:
-        """Ray's nodes, those the driver's host cannot reach any more marked not alive (`Unreachable`)."""
+        """Ray's nodes, those the driver's host cannot reach any more marked not alive (`Unreachable`:
+        the seconds since one last answered)."""
         import ray
 
         raw = ray.nodes()
         self.reach.watch(Target(n["NodeID"], n["NodeManagerAddress"], int(n["NodeManagerPort"]))
                          for n in raw if n["Alive"] and n["NodeID"] != self.here and n.get("NodeManagerPort"))  # fmt: skip
         gone = self.reach.unreachable()
-        return [{**n, "Alive": False, "Unreachable": True} if n["NodeID"] in gone else n for n in raw]
+        return [{**n, "Alive": False, "Unreachable": self.reach.silent_s(n["NodeID"])} if n["NodeID"] in gone else n for n in raw]
 
     def close(self) -> None:
         self.reach.close()

@@ -57,7 +57,7 @@ class NodeReach:
         self.policy, self._connect, self._threaded = policy, connect, thread  # thread=False: rounds by probe_once()
         self._lock = threading.Lock()
         self._targets: dict[str, Target] = {}
-        self._answered: set[str] = set()  # answered at least once
+        self._answered: dict[str, float] = {}  # answered at least once: when last (time.monotonic)
         self._missed: dict[str, int] = {}  # failed connects in a row
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -75,6 +75,12 @@ class NodeReach:
         with self._lock:
             return frozenset(n for n in self._targets if n in self._answered and self._missed.get(n, 0) >= self.policy.misses)
 
+    def silent_s(self, node_id: str) -> float | None:
+        """Seconds since the node last answered (None: never did)."""
+        with self._lock:
+            last = self._answered.get(node_id)
+        return None if last is None else time.monotonic() - last
+
     def probe_once(self) -> None:
         """One round: every target connected to at once (a dead host's timeout does not delay the others)."""
         with self._lock:
@@ -83,7 +89,7 @@ class NodeReach:
         with self._lock:
             for t, ok in zip(targets, answers):
                 if ok:
-                    self._answered.add(t.node_id)
+                    self._answered[t.node_id] = time.monotonic()
                     self._missed[t.node_id] = 0
                 else:
                     self._missed[t.node_id] = self._missed.get(t.node_id, 0) + 1

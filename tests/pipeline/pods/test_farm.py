@@ -302,8 +302,11 @@ def test_campaign_across_pods_survives_pod_deaths_mid_training_and_mid_eval(unin
     assert errors and errors[0].startswith("NodeLost"), errors
     unit, pod, at = kill_when(world, store, "eval/", timeout=300)
     figure(f"death -> re-placed ({unit}, mid-eval)", replaced_after(store, unit, pod, at, 420, "mid-eval")[0])
-    finish(client, job, timeout=600)
+    logs = finish(client, job, timeout=600)
     figure("campaign with two pod deaths", time.monotonic() - t0)
+    for line in logs.splitlines():
+        if "treated as gone" in line or "died under the attempt" in line:
+            print(f"farm: driver: {line}")
     killed = bpbs(store, [1, 2])
 
     proc, d = uninterrupted
