@@ -37,7 +37,7 @@ test: $(STAMP) ssh-server
 # The edit-run loop: every test that starts no Ray, no sshd and kills nothing (the `heavy` marker,
 # tests/conftest.py). `make test` stays the one that proves the faults.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not heavy" tests
+	$(PY) -m pytest -q -n 2 -m "not heavy" tests
 
 # The pods tests drive a real OpenSSH sshd on 127.0.0.1 (tests/pipeline/pods/conftest.py). Installed
 # here when missing (Debian/Ubuntu, as root, no prompts); where it cannot be, those tests skip and say so.

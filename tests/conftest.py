@@ -16,10 +16,10 @@ TINY_MODEL = {"vocab_size": 512, "num_layers": 2, "model_dim": 64, "num_heads": 
 # `make test-fast` runs what is not heavy: no Ray instance, no sshd, no process killed or spawned as a
 # group. A test is heavy by the fixtures it asks for, by its module (real kills, its own Ray cluster),
 # or by its own @pytest.mark.heavy.
-HEAVY_FIXTURES = {"ray_local", "ray_cluster", "ray_head", "sshd"}
+HEAVY_FIXTURES = {"ray_local", "ray_cluster", "ray_head", "sshd", "farm_world"}
 HEAVY_MODULES = {
     "test_kill.py", "test_fencing.py", "test_ttt_group.py", "test_script_train.py", "test_ray_job.py",
-    "test_capacity.py", "test_campaign_pods.py",  # their own Ray clusters
+    "test_capacity.py", "test_campaign_pods.py", "test_dead_nodes.py",  # their own Ray clusters
 }
 
 

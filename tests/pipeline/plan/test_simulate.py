@@ -5,6 +5,7 @@ order the simulation starts them, with the same shards; no timing is asserted (t
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import pytest
@@ -65,7 +66,11 @@ def test_simulation_matches_the_driver(data_dir, tmp_path, gpus):
     assert not report.failed and not report.waiting
     events = Ledger(driver.store, Layout(spec.name), "t").events()
     started = [e["unit"] for e in events if e.get("event") == "state" and e.get("state") == "RUNNING"]
-    assert started == [a.unit for a in sim.attempts]
+    # units the simulation starts at the same time (two trainings ending together) may start in
+    # either order in the driver: compared as a set, each group in its place
+    groups = [sorted(a.unit for a in g) for _, g in itertools.groupby(sim.attempts, key=lambda a: round(a.start, 6))]
+    at = [0, *itertools.accumulate(len(g) for g in groups)]
+    assert [sorted(started[a:b]) for a, b in zip(at, at[1:])] == groups and len(started) == at[-1]
     for r in work.recipes:  # the driver's plans cut the batches as the simulation did
         for seed in spec.seeds:
             stored = [len(s) for s in driver.store.get_json(Layout(spec.name).plan(seed, r.name))["shards"]]
