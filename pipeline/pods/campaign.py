@@ -6,6 +6,9 @@ live Ray node) is stopped, so nobody pays for an idle 8×H100. The pod that runs
 stopped from inside it; when the run ends the driver names the pods still billing and the command
 that stops them (`pipeline pods watch`, or the autoscaler under `ray up`, stops them later).
 
+Only pods that are nodes of this Ray cluster and carry the project's name (`ray-<cluster>-`, as
+`pipeline pods up` and the node provider name them) are ever stopped: a colleague's pod, or one
+bootstrapped into the cluster by hand under another name, is left alone and said so once.
 A pod is idle only while no unit of the campaign can use it: the driver hands each look its
 `Demand` (pipeline/pods/idle.py), so a pod whose GPUs a waiting multi-GPU unit gathers is kept.
 The looks run on a thread of their own (pipeline/pods/checks.py), so the driver loop never waits
@@ -23,7 +26,7 @@ from collections.abc import Callable, Mapping
 from pipeline.pods.client import RunPodClient, RunPodError
 from pipeline.pods.health import RayNode, ray_pod_nodes
 from pipeline.pods.idle import Demand, IdleStopper
-from pipeline.pods.pod import PodState
+from pipeline.pods.pod import PROJECT_PREFIX, PodState
 
 LOOK_EVERY_S = 60.0
 LOOK_TIMEOUT_S, LOOK_ATTEMPTS = 20.0, 2  # one look gives up in about a minute, not 6 × 30 s + backoff
@@ -39,6 +42,7 @@ class CampaignPods:
         Ray this process is connected to."""
         self.client, self.own_pod, self.log, self.every_s = client, own_pod, log, every_s
         self.nodes = nodes
+        self.left_alone: set[str] = set()  # pods already said to be left alone
         self.stopper = IdleStopper(client, idle_stop_min, head_pod_id=None, clock=clock, log=log)
 
     @classmethod
@@ -62,7 +66,12 @@ class CampaignPods:
         what the driver's waiting units need); the ids stopped. Raises RunPodError."""
         nodes = self.nodes()
         pods = [p for p in self.client.list_pods() if p.id in nodes and p.id != self.own_pod]
-        return self.stopper.tick(pods, nodes, demand)
+        # a node of this cluster the project did not rent (someone bootstrapped their own pod in) is never stopped
+        alone = sorted(p.id for p in pods if not p.name.startswith(PROJECT_PREFIX) and p.id not in self.left_alone)
+        if alone:
+            self.log(f"pods: leaving {', '.join(alone)} alone: in this Ray cluster but not named {PROJECT_PREFIX}* (not rented by pipeline)")
+            self.left_alone.update(alone)
+        return self.stopper.tick([p for p in pods if p.name.startswith(PROJECT_PREFIX)], nodes, demand)
 
     def still_billing(self) -> list[str]:
         """One line per pod of this cluster still RUNNING, for the end of a run."""

@@ -18,11 +18,14 @@ from typing import Any
 RAY_TAGS_ENV = "PIPELINE_RAY_TAGS"
 
 
+PROJECT_PREFIX = "ray-"  # every pod the project rents is named ray-<cluster>-...
+
+
 def cluster_prefix(cluster_name: str) -> str:
     """The name every pod the project rents for a cluster starts with (`pipeline pods up` and the
     node provider alike): with the cluster's Ray nodes, how a pod action tells this cluster's pods
     from the rest of a shared account (README: Pods)."""
-    return f"ray-{cluster_name}-"
+    return f"{PROJECT_PREFIX}{cluster_name}-"
 
 
 class PodState(str, enum.Enum):

@@ -37,7 +37,7 @@ def pod_cluster(runpod):
     import ray
     from ray.cluster_utils import Cluster
 
-    head, worker, stranger = runpod.add_pod(name="head", count=1), runpod.add_pod(name="w", count=2), runpod.add_pod(name="other")
+    head, worker, stranger = runpod.add_pod(name="ray-t-head", count=1), runpod.add_pod(name="ray-t-w", count=2), runpod.add_pod(name="ray-t-other")
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0, "labels": {LABEL_POD_ID: head}})
     cluster.add_node(num_cpus=1, num_gpus=2, labels={LABEL_POD_ID: worker})
     cluster.wait_for_nodes()

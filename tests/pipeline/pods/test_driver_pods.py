@@ -33,7 +33,7 @@ class PodExecutor(ThreadExecutor):
 def test_the_pod_a_waiting_unit_needs_is_not_stopped_while_it_waits(runpod, data_dir, tmp_path):
     """A 2-GPU training on a 1-GPU pod waits for capacity far longer than idle_stop_min: the pod
     stays (stopping it would leave the unit 0 of its 2 GPUs) and the run ends with the unit waiting."""
-    pod = runpod.add_pod(name="w", count=1)
+    pod = runpod.add_pod(name="ray-t-w", count=1)
     spec = make_spec(data_dir, str(tmp_path / "store"), seeds=[1], cluster={"wait_for_capacity_s": 2, "idle_stop_min": 0.001})
     lines: list[str] = []
     client = RunPodClient.from_env(max_attempts=1)
@@ -45,7 +45,7 @@ def test_the_pod_a_waiting_unit_needs_is_not_stopped_while_it_waits(runpod, data
 
 
 def test_a_hanging_runpod_api_does_not_hold_up_the_campaign_and_is_reported(runpod, data_dir, tmp_path):
-    pod = runpod.add_pod(name="w", count=4)
+    pod = runpod.add_pod(name="ray-t-w", count=4)
     spec = make_spec(data_dir, str(tmp_path / "store"), seeds=[1])
     outage = threading.Event()
     lines: list[str] = []

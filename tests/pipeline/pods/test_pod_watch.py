@@ -34,7 +34,7 @@ def wait_for(pred, timeout: float = 30.0) -> None:
 
 
 def watch_of(runpod, log, record, client_timeout_s: float, clock=time.monotonic) -> PodChecks:
-    w = runpod.add_pod(name="w", count=2)
+    w = runpod.add_pod(name="ray-t-w", count=2)
     client = RunPodClient.from_env(timeout_s=client_timeout_s, max_attempts=1)
     pods = CampaignPods(client, 10, None, log.append, nodes=lambda: {w: RayNode("nw", True, 2, 2)})
     return PodChecks(pods, log.append, record, every_s=0.01, clock=clock)
