@@ -172,8 +172,8 @@ class RayExecutor(Executor):
             except Exception:  # noqa: BLE001 - a task on a dead node: nothing left to stop there
                 pass
 
-        # off the loop: cancelling a task on a host that vanished before Ray marked it dead waits
-        # for that host's RPC deadline (~40 s measured on the pod farm)
+        # off the loop: a cancel reaches for the task's host, which may have vanished before Ray
+        # marked it dead (one pod-farm run recorded an eval's death 42 s late with it on the loop)
         threading.Thread(target=cancel, name="abandon", daemon=True).start()
         for pg in placement_groups:  # a group's ranks on alive nodes and the GPUs they reserve
             try:

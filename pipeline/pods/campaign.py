@@ -67,11 +67,11 @@ class CampaignPods:
         nodes = self.nodes()
         pods = [p for p in self.client.list_pods() if p.id in nodes and p.id != self.own_pod]
         # a node of this cluster the project did not rent (someone bootstrapped their own pod in) is never stopped
-        alone = sorted(p.id for p in pods if not p.name.startswith(PROJECT_PREFIX) and p.id not in self.left_alone)
-        if alone:
+        ours = [p for p in pods if p.name.startswith(PROJECT_PREFIX)]
+        if alone := sorted({p.id for p in pods} - {p.id for p in ours} - self.left_alone):
             self.log(f"pods: leaving {', '.join(alone)} alone: in this Ray cluster but not named {PROJECT_PREFIX}* (not rented by pipeline)")
             self.left_alone.update(alone)
-        return self.stopper.tick([p for p in pods if p.name.startswith(PROJECT_PREFIX)], nodes, demand)
+        return self.stopper.tick(ours, nodes, demand)
 
     def still_billing(self) -> list[str]:
         """One line per pod of this cluster still RUNNING, for the end of a run."""
