@@ -209,11 +209,23 @@ def test_driver_killed_mid_campaign(ray_cluster, data_dir, tmp_path):
     f.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
     cmd = [sys.executable, "-m", "pipeline", "run", str(f), "--address", ray_cluster.address]
     store, layout = open_store(spec.store), Layout(spec.name)
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "driver.log"
+    with log.open("w") as out_file:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out_file, stderr=subprocess.STDOUT)
+
+    def a_done_shard():
+        if proc.poll() is not None:  # the driver ended before any shard was DONE: say why, at once
+            raise AssertionError(f"driver exited {proc.returncode} before a DONE shard:\n{log.read_text()[-3000:]}")
+        return [k for k in store.list(f"{spec.name}/seeds") if k.endswith("/done.json")]
+
     try:
         # once an eval shard is DONE (it must not run again): freeze the driver, so what the store
-        # holds of its own writes (results, merged by the driver only) cannot change, then kill it
-        wait_for(lambda: [k for k in store.list(f"{spec.name}/seeds") if k.endswith("/done.json")], what="a DONE shard")
+        # holds of its own writes (results, merged by the driver only) cannot change, then kill it.
+        # The guard is generous: on a loaded 2-core box two trainings and their Ray workers took >120 s.
+        try:
+            wait_for(a_done_shard, timeout=300, what="a DONE shard")
+        except TimeoutError as e:
+            raise TimeoutError(f"{e}; the driver printed:\n{log.read_text()[-3000:]}") from None
         os.kill(proc.pid, signal.SIGSTOP)
         merged_before_kill = {s for s in (1, 2) if store.exists(layout.result(s, "slot"))}
     finally:
