@@ -2,9 +2,9 @@
 
 A training's fake commits its manifest (no artifact: the fake evals never load one); an eval
 shard's fake writes one segment with a record per batch of its plan, then its done.json: what the
-driver's merge reads. Same signatures as pipeline/tasks.py's `train_unit` and `eval_unit`, so the
+driver's merge reads. Same signatures as pipeline/run/tasks.py's `train_unit` and `eval_unit`, so the
 real driver, plans, store and merge run and only the GPU work is gone (bench/scale_bench.py,
-tests/pipeline/test_scale.py).
+tests/pipeline/run/test_scale.py).
 """
 
 from __future__ import annotations

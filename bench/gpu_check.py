@@ -5,8 +5,8 @@
 
 Rows: torch / CUDA / flash-attn versions; flash-attn vs SDPA logits on one batch in bf16 (max |diff|);
 the GPU each of several `num_gpus=1` Ray eval tasks computed on, with the eval tasks' own options
-(reused worker processes, pipeline/executor.py EVAL_TASK_ENV) against the GPU Ray assigned; a 2-rank
-NCCL training group (pipeline/tasks.py fit_group) for a few steps where there are ≥ 2 GPUs; the eval
+(reused worker processes, pipeline/run/executor.py EVAL_TASK_ENV) against the GPU Ray assigned; a 2-rank
+NCCL training group (pipeline/run/tasks.py fit_group) for a few steps where there are ≥ 2 GPUs; the eval
 engine's windows/s (workers/evaluate.py score_batch) for sliding and SLOT-100 at seq 1024, stride 64
 on the baseline shape (9×512, vocab 1024) and the records' 32 M shape (11×512, MLP ×4), with the
 minutes 969,088 windows take on one GPU. Random weights and tokens: no data set is needed.
@@ -167,7 +167,7 @@ def check_ray_gpus(n_gpus: int, tasks: int, out: Path) -> Row:
     import ray
     import torch
 
-    from pipeline.executor import EVAL_TASK_ENV
+    from pipeline.run.executor import EVAL_TASK_ENV
 
     # Ray's GPU ids are the node's CUDA_VISIBLE_DEVICES entries (or 0..n-1): what each one is, seen from here
     visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()] or [str(i) for i in range(n_gpus)]
@@ -232,7 +232,7 @@ def check_nccl(n_gpus: int, out: Path, steps: int = 5) -> Row:
     if n_gpus < 2:
         return Row("NCCL 2-rank training group", "skipped: one GPU")
     from pipeline.store import open_store
-    from pipeline.tasks import fit_group
+    from pipeline.run.tasks import fit_group
 
     result = out / "nccl.json"
     config = {"attempt": "gpu-check", "out": str(result), "steps": steps}
@@ -287,7 +287,7 @@ def run(args: argparse.Namespace) -> list[Row]:
 
     out = args.out.resolve()
     (out / "tmp").mkdir(parents=True, exist_ok=True)
-    os.environ["TMPDIR"] = str(out / "tmp")  # Ray Train's storage (pipeline/tasks.py) and any temp file land here
+    os.environ["TMPDIR"] = str(out / "tmp")  # Ray Train's storage (pipeline/run/tasks.py) and any temp file land here
     os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
     import tempfile
 

@@ -76,7 +76,7 @@ def sim_eval(batch_s):
     def run(spec_json, seed, recipe, store_uri, shard, run_id, attempt):
         """The real eval shard (plan, segments, resume, done.json) with each batch's GPU time slept."""
         import workers.evaluate as ev
-        from pipeline.tasks import eval_unit as _eval_unit
+        from pipeline.run.tasks import eval_unit as _eval_unit
         from workers.segments import Record
 
         def score(ctx, b):
@@ -90,7 +90,7 @@ def sim_eval(batch_s):
 
 
 def run_campaign(spec, batch_s, on_start=None):
-    from pipeline.driver import Driver
+    from pipeline.run.driver import Driver
 
     t = time.perf_counter()
     if on_start:
@@ -104,7 +104,7 @@ def main() -> None:
     import ray
     from ray.cluster_utils import Cluster
 
-    from pipeline.ledger import Ledger
+    from pipeline.records.ledger import Ledger
     from pipeline.store import Layout, open_store
     from workers.plan import plan_geometry
     from workers.prepare import prepare, write_stdlib_corpus
@@ -122,7 +122,7 @@ def main() -> None:
     # schedule, not this 2-core box importing torch in 8 fresh processes at once.
     @ray.remote(num_gpus=1, max_calls=0)
     def warm():
-        import pipeline.driver  # noqa: F401
+        import pipeline.run.driver  # noqa: F401
         import workers.evaluate  # noqa: F401
 
         time.sleep(1.0)

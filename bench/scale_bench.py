@@ -5,7 +5,7 @@
 The real driver, scheduler, plans, store, ledger and merge run; each unit's work is replaced by a
 fake that commits what the real unit would (bench/fake_units.py) and returns at once, so what is
 measured is the driver. By default the fakes run as Ray tasks on a local Ray instance (the driver's
-Ray calls are part of its cost); `--threads` runs them in this process (pipeline.executor
+Ray calls are part of its cost); `--threads` runs them in this process (pipeline.run.executor
 ThreadExecutor) and subtracts their CPU. `--s3` puts the store on moto's S3 server on 127.0.0.1,
 in its own process so its CPU is not counted as the driver's (a fresh one per run). Prints, measured in one run:
 
@@ -95,9 +95,9 @@ def spec_for(data: Path, store: str, seeds: int, recipes: int, shards: int):
 
 def run(spec, gpus: int, threads: bool) -> dict:
     """One driver run; its CPU, wall, requests and time to its first launch."""
-    import pipeline.driver as drv
+    import pipeline.run.driver as drv
     from bench.fake_units import CountingStore, fake_eval, fake_train
-    from pipeline.executor import ThreadExecutor
+    from pipeline.run.executor import ThreadExecutor
 
     counting = CountingStore(drv.open_store(spec.store))
     real_open = drv.open_store

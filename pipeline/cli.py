@@ -56,14 +56,14 @@ def _check_store_outlives_job(raw_store: str, source: str) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from rich.markup import escape
 
-    from pipeline.artifacts import check_artifacts
-    from pipeline.driver import Driver, resolve_paths
+    from pipeline.records.artifacts import check_artifacts
+    from pipeline.run.driver import Driver, resolve_paths
     from pipeline.progress.live import LiveProgress
     from pipeline.progress.render import console as make_console, cost_lines, cost_table
     from pipeline.progress.view import campaign_status
     from pipeline.spec import load_spec
     from pipeline.store import open_store
-    from pipeline.summary import build_summary, render_table, write_summary
+    from pipeline.progress.summary import build_summary, render_table, write_summary
     from workers.data import check_eval_inputs
 
     console = make_console()
@@ -121,7 +121,7 @@ def _check_eval_unit(args: argparse.Namespace, spec) -> None:
     recipe are the spec's, the store answers, the seed's model is trained, the val shards, tokenizer
     and model agree (workers.data.check_eval_inputs), and --shard is one of the plan's shards (the
     stored plan's, or the one this command would write)."""
-    from pipeline.artifacts import check_artifacts
+    from pipeline.records.artifacts import check_artifacts
     from pipeline.store import Layout, open_store
     from workers.data import check_eval_inputs
     from workers.plan import make_plan, plan_geometry
@@ -158,10 +158,10 @@ def _check_eval_unit(args: argparse.Namespace, spec) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """One eval unit in this process, no Ray: resumes from the store like a Ray task would."""
-    from pipeline.artifacts import import_artifacts
-    from pipeline.campaign import check_campaign
-    from pipeline.driver import resolve_paths
-    from pipeline.lease import Lease
+    from pipeline.records.artifacts import import_artifacts
+    from pipeline.records.campaign import check_campaign
+    from pipeline.run.driver import resolve_paths
+    from pipeline.run.lease import Lease
     from pipeline.spec import load_spec
     from pipeline.store import Layout, open_store
     from workers.evaluate import run_eval, run_shard
@@ -198,8 +198,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from pipeline.artifacts import check_artifacts
-    from pipeline.driver import resolve_paths
+    from pipeline.records.artifacts import check_artifacts
+    from pipeline.run.driver import resolve_paths
     from pipeline.spec import ScriptTrain, load_spec
 
     spec = load_spec(args.spec)
@@ -289,8 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.campaign import CampaignChanged
-    from pipeline.lease import LeaseHeld
+    from pipeline.records.campaign import CampaignChanged
+    from pipeline.run.lease import LeaseHeld
     from pipeline.spec import SpecError
     from pipeline.store import StoreError
 

@@ -86,7 +86,7 @@ class TrainingEnd:
     seen: the driver's clock, not ours, which may differ."""
 
     def __init__(self, store, layout, seed: int, whole_every_s: float = 300.0):
-        from pipeline.ledger import Ledger
+        from pipeline.records.ledger import Ledger
 
         self.store, self.unit, self.manifest = store, f"train/{seed}", layout.manifest(seed)
         self.ledger = Ledger(store, layout, "logs")

@@ -674,7 +674,7 @@ class CampaignSpec(_Strict):
     def fingerprint_dict(self) -> dict[str, Any]:
         d = self.model_dump(mode="json", exclude=_later_defaults(self))
         if self.artifacts is not None:
-            d.pop("train")  # not run; the artifacts' digests stand in for it (pipeline/campaign.py)
+            d.pop("train")  # not run; the artifacts' digests stand in for it (pipeline/records/campaign.py)
         for k in ("cluster", "store", "checkpoint_every_s", "results_dir", "budget_usd"):
             d.pop(k)
         for k in ("checkpoint_every_steps", "max_failures", "log_every", "keep_checkpoints"):

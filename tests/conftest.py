@@ -42,7 +42,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session", autouse=True)
 def _digest_cache(tmp_path_factory):
-    """Data digests (pipeline/campaign.py) cached in the test session's temp dir, not ~/.cache."""
+    """Data digests (pipeline/records/campaign.py) cached in the test session's temp dir, not ~/.cache."""
     os.environ["PIPELINE_CACHE_DIR"] = str(tmp_path_factory.mktemp("digest-cache"))
 
 

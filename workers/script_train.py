@@ -272,7 +272,7 @@ def _end(proc: subprocess.Popen) -> None:
 
 def describe(outcome: Outcome, script: str, rank: int, timeout_s: float, lines: list[str]) -> str | None:
     """None for a clean exit; else the error: the log's last lines, then one line saying how it
-    ended (pipeline/errors.py classifies by that line and the lines above it)."""
+    ended (pipeline/run/errors.py classifies by that line and the lines above it)."""
     if outcome.returncode == 0 and not outcome.timed_out:
         return None
     took = f"after {outcome.seconds:.1f} s"

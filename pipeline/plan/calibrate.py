@@ -47,7 +47,7 @@ def shrunken(spec: CampaignSpec, store: str, val_tokens: int, gpus: int, steps: 
 def calibrate(spec: CampaignSpec, val_tokens: int, log, address: str | None = None) -> ThroughputTable:
     """Run the shrunken campaign and read its figures; the table's source says how it was made."""
     from pipeline.cli import _connect_ray
-    from pipeline.driver import Driver
+    from pipeline.run.driver import Driver
     from pipeline.store import open_store
 
     gpus = spec.cluster.local.num_gpus if spec.cluster.address is None and address is None else 1

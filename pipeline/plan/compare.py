@@ -27,9 +27,9 @@ class Measured:
 
 
 def measured_run(spec, store) -> Measured:
-    from pipeline.ledger import Ledger
+    from pipeline.records.ledger import Ledger
     from pipeline.progress.cost import cost_report
-    from pipeline.progress.pricing import spec_node
+    from pipeline.records.nodes import spec_node
     from pipeline.store import Layout
 
     events = Ledger(store, Layout(spec.name), run_id="plan").events()

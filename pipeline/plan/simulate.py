@@ -1,7 +1,7 @@
 """A campaign's schedule on a pod mix, in simulated time, decided by the driver's own `Scheduler`.
 
-The loop below is the driver's (pipeline/driver.py `_run`) with the executor replaced by a clock:
-the same Scheduler object (priorities, shard counts, the capacity rules of pipeline/scheduler.py)
+The loop below is the driver's (pipeline/run/driver.py `_run`) with the executor replaced by a clock:
+the same Scheduler object (priorities, shard counts, the capacity rules of pipeline/run/scheduler.py)
 says which units start, each start takes GPUs on one node as Ray places a group (best fit, the
 scheduler's own `room` rule), and a unit ends after the time the throughput table gives it. A
 trained seed's evals are planned when the loop next looks, cut into `default_shards` shards, as
@@ -16,13 +16,13 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field
 
-from pipeline.driver import default_shards, unit_gpus
+from pipeline.run.driver import default_shards, unit_gpus
 from pipeline.plan.mixes import Mix
 from pipeline.plan.throughput import GpuRates, ThroughputTable, rates_for, short_type
 from pipeline.plan.work import CampaignWork
-from pipeline.scheduler import Attempt, Capacity, Scheduler
+from pipeline.run.scheduler import Attempt, Capacity, Scheduler
 from pipeline.spec import CampaignSpec
-from pipeline.units import Unit, UnitState
+from pipeline.records.units import Unit, UnitState
 
 
 @dataclass(frozen=True)

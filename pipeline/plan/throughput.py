@@ -112,9 +112,9 @@ def rates_for(table: ThroughputTable, gpu_type: str) -> GpuRates | None:
 
 def table_from_store(spec, store, source: str) -> ThroughputTable:
     """The figures of a campaign's DONE attempts (its ledger and the commits they wrote)."""
-    from pipeline.ledger import Ledger
+    from pipeline.records.ledger import Ledger
     from pipeline.progress.cost import cost_report
-    from pipeline.progress.pricing import spec_node
+    from pipeline.records.nodes import spec_node
     from pipeline.store import Layout, NotFoundError
 
     layout = Layout(spec.name)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pipeline.pods.pod import Pod
 from pipeline.pods.ssh import SSH, why_line
-from pipeline.progress.pricing import LABEL_GPU_COUNT, LABEL_GPU_TYPE, LABEL_POD_ID, LABEL_USD_PER_HOUR
+from pipeline.records.nodes import LABEL_GPU_COUNT, LABEL_GPU_TYPE, LABEL_POD_ID, LABEL_USD_PER_HOUR
 
 ROOT = Path(__file__).resolve().parents[2]
 INSTALL_VERSION = 1

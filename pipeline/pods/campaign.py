@@ -50,7 +50,7 @@ class CampaignPods:
         """None unless this process has a RunPod key and the cluster has pod nodes."""
         import ray
 
-        from pipeline.progress.pricing import LABEL_POD_ID
+        from pipeline.records.nodes import LABEL_POD_ID
 
         if not ray_pod_nodes():
             return None

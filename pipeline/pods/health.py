@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from pipeline.progress.pricing import LABEL_POD_ID
+from pipeline.records.nodes import LABEL_POD_ID
 from pipeline.pods.pod import Pod, PodState
 
 

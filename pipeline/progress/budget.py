@@ -20,7 +20,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pipeline.progress.pricing import NodeIdentity
+from pipeline.records.nodes import NodeIdentity
 
 
 @dataclass(frozen=True)

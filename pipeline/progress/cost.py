@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from pipeline.progress.pricing import NodeIdentity
+from pipeline.records.nodes import NodeIdentity
 
 END_STATES = ("DONE", "ESTIMATED", "INTERRUPTED", "FAILED")
 Snapshots = list[tuple[float, str, list[NodeIdentity]]]  # (time, run, nodes) of `cluster` events

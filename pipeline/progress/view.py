@@ -12,10 +12,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.ledger import Ledger, latest_states
+from pipeline.records.ledger import Ledger, latest_states
 from pipeline.progress.cost import CostReport, cost_report
 from pipeline.progress.estimators import Batches, Estimate, bpb_estimate
-from pipeline.progress.pricing import NodeIdentity, spec_node
+from pipeline.records.nodes import NodeIdentity, spec_node
 from pipeline.progress.stopping import estimate_key
 from pipeline.spec import CampaignSpec, EvalRecipe
 from pipeline.store import Layout, Store, StoreError, newest

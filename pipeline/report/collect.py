@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pipeline.ledger import Ledger
+from pipeline.records.ledger import Ledger
 from pipeline.progress.cost import CostReport
 from pipeline.progress.stopping import estimate_key
 from pipeline.progress.view import EvalStatus, campaign_status

@@ -47,12 +47,12 @@ class Layout:
 
     @property
     def lease_dir(self) -> str:
-        """The driver that owns the campaign (pipeline/lease.py)."""
+        """The driver that owns the campaign (pipeline/run/lease.py)."""
         return f"{self.root}/lease"
 
     def seed_dir(self, seed: int) -> str:
         """Everything of one seed: its training and its evals (one listing tells a resuming
-        driver what of the seed is committed: pipeline/resume.py)."""
+        driver what of the seed is committed: pipeline/run/resume.py)."""
         return f"{self.root}/seeds/{seed}"
 
     def seed_commit(self, seed: int, key: str) -> tuple[str, str, int | None] | None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.campaign import CampaignChanged, check_campaign
+from pipeline.records.campaign import CampaignChanged, check_campaign
 from pipeline.cli import main
 from pipeline.spec import SpecError, load_spec, parse_spec
 from pipeline.store import Layout, open_store

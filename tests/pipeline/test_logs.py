@@ -7,9 +7,9 @@ import time
 
 from bench.fake_units import CountingStore
 from pipeline.logs import LogFollower, TrainingEnd
-from pipeline.ledger import Ledger
+from pipeline.records.ledger import Ledger
 from pipeline.store import Layout, open_store
-from pipeline.units import Unit, UnitState
+from pipeline.records.units import Unit, UnitState
 from workers.script_train import LogSink
 
 
@@ -81,7 +81,7 @@ def test_a_failure_is_seen_when_the_drivers_clock_is_behind_ours(tmp_path, monke
     store, layout = open_store(str(tmp_path / "store")), Layout("t")
     ended = TrainingEnd(store, layout, 1)
     behind = time.time_ns() - 90 * 10**9  # the driver's clock, 90 s behind this machine's
-    monkeypatch.setattr("pipeline.ledger.time.time_ns", lambda: behind)
+    monkeypatch.setattr("pipeline.records.ledger.time.time_ns", lambda: behind)
     with Ledger(store, layout, "run") as ledger:
         ledger.record(Unit.train(1), UnitState.RUNNING, attempt="aaaa")
     assert not ended.now()

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.driver import Driver
-from pipeline.ledger import Ledger
+from pipeline.run.driver import Driver
+from pipeline.records.ledger import Ledger
 from pipeline.spec import parse_spec
 from pipeline.store import Layout, open_store
-from pipeline.summary import build_summary
+from pipeline.progress.summary import build_summary
 from tests.conftest import make_spec
 from workers.script_train import read_log
 
@@ -68,7 +68,7 @@ def test_a_script_trains_on_a_two_worker_group_and_its_artifact_is_evaluated_thr
 
 def test_a_crashing_script_ends_failed_with_its_log_tail(campaign):
     spec, report, store, layout, _ = campaign
-    from pipeline.units import Unit
+    from pipeline.records.units import Unit
 
     reason = report.failed[Unit.train(2)]
     assert reason.startswith("script-error: ScriptError: rank ") and "ValueError: the learning rate schedule is broken at step 2" in reason
@@ -128,7 +128,7 @@ def test_failed_and_killed_attempts_leave_no_run_dir_on_the_node(campaign):
 def test_a_scripts_group_waits_at_its_end_as_long_as_its_scripts_may_run(campaign):
     """Ranks whose scripts end far apart (one rank's own final eval) meet at the group's end: its
     collectives wait the script's time cap plus the commit, not torch's 30-minute default."""
-    from pipeline.tasks import SCRIPT_END_SLACK_S
+    from pipeline.run.tasks import SCRIPT_END_SLACK_S
 
     spec, _, store, layout, _ = campaign
     placed = [e for e in Ledger(store, layout, "x").events() if e.get("event") == "placed" and e["unit"].startswith("train/")]

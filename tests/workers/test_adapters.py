@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from pipeline.artifacts import import_artifacts
+from pipeline.records.artifacts import import_artifacts
 from pipeline.spec import parse_spec
 from pipeline.store import open_store
 from tests.conftest import TINY_MODEL

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import ErrorClass, ScriptError, classify
+from pipeline.run.errors import ErrorClass, ScriptError, classify
 from pipeline.spec import parse_spec
 from pipeline.store import Layout, open_store
 from tests.conftest import make_spec

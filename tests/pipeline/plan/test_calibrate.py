@@ -8,7 +8,7 @@ import json
 import yaml
 
 from pipeline.cli import main
-from pipeline.driver import Driver
+from pipeline.run.driver import Driver
 from pipeline.plan.compare import compare_path
 from pipeline.plan.throughput import load_table, rates_for, table_path
 from pipeline.report.cli import write_report

@@ -11,9 +11,9 @@ import time
 import pytest
 
 from bench.fake_units import _plan_shards, fake_eval, fake_train
-from pipeline.driver import Driver
-from pipeline.executor import ThreadExecutor
-from pipeline.ledger import Ledger
+from pipeline.run.driver import Driver
+from pipeline.run.executor import ThreadExecutor
+from pipeline.records.ledger import Ledger
 from pipeline.plan.mixes import Mix, PodType
 from pipeline.plan.simulate import Durations, simulate
 from pipeline.plan.throughput import GpuRates, RecipeRate, ThroughputTable, TrainRate

@@ -6,7 +6,7 @@ import pytest
 
 from pipeline.pods.campaign import CampaignPods
 from pipeline.pods.client import RunPodClient
-from pipeline.progress.pricing import LABEL_POD_ID
+from pipeline.records.nodes import LABEL_POD_ID
 
 
 def wait_for(pred, timeout: float = 30.0) -> None:

@@ -139,7 +139,7 @@ def test_watch_stops_an_idle_pod_of_the_cluster_and_leaves_a_colleagues_alone(ru
     import yaml
 
     import pipeline.pods.cli as pods_cli
-    from pipeline.progress.pricing import LABEL_POD_ID
+    from pipeline.records.nodes import LABEL_POD_ID
     from tests.conftest import make_spec
 
     spec = make_spec(tmp_path, str(tmp_path / "store"), cluster={"idle_stop_min": 0.0001, "accelerator": "cpu"})  # paths are not read

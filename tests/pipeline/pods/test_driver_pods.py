@@ -7,9 +7,9 @@ from __future__ import annotations
 import threading
 
 from bench.fake_units import fake_eval, fake_train
-from pipeline.driver import Driver
-from pipeline.executor import ThreadExecutor
-from pipeline.ledger import Ledger
+from pipeline.run.driver import Driver
+from pipeline.run.executor import ThreadExecutor
+from pipeline.records.ledger import Ledger
 from pipeline.pods.campaign import CampaignPods
 from pipeline.pods.client import RunPodClient
 from pipeline.pods.health import RayNode

@@ -187,7 +187,7 @@ def finish(client, job, timeout: float) -> str:
 
 
 def events(store_uri: str) -> list[dict]:
-    from pipeline.ledger import Ledger
+    from pipeline.records.ledger import Ledger
     from pipeline.store import Layout, open_store
 
     try:

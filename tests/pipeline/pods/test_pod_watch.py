@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from pipeline.ledger import Ledger
+from pipeline.records.ledger import Ledger
 from pipeline.pods.campaign import CampaignPods
 from pipeline.pods.client import RunPodClient
 from pipeline.pods.health import RayNode

@@ -6,7 +6,7 @@ from __future__ import annotations
 import yaml
 
 from pipeline.cli import main
-from pipeline.ledger import Ledger
+from pipeline.records.ledger import Ledger
 from pipeline.progress.cli import pod_verdicts
 from pipeline.progress.view import campaign_status
 from pipeline.store import Layout, open_store

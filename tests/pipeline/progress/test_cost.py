@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.progress.cost import cost_report
-from pipeline.progress.pricing import LABEL_GPU_COUNT, LABEL_GPU_TYPE, LABEL_POD_ID, LABEL_USD_PER_HOUR, NodeIdentity, node_identity
+from pipeline.records.nodes import LABEL_GPU_COUNT, LABEL_GPU_TYPE, LABEL_POD_ID, LABEL_USD_PER_HOUR, NodeIdentity, node_identity
 from pipeline.spec import Pricing
 
 H100 = {"node_id": "n1", "alive": True, "gpus": 8.0, "gpu_type": "H100", "usd_per_gpu_hour": 3.6, "pod_id": "pod-a"}

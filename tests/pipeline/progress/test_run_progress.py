@@ -11,8 +11,8 @@ from pathlib import Path
 import yaml
 
 from pipeline.cli import main
-from pipeline.driver import Driver
-from pipeline.ledger import Ledger
+from pipeline.run.driver import Driver
+from pipeline.records.ledger import Ledger
 from pipeline.progress.estimators import Batches
 from pipeline.progress.stopping import EarlyStops, decide, estimate_key
 from pipeline.store import Layout, open_store

@@ -6,12 +6,12 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from pipeline.ledger import Ledger
+from pipeline.records.ledger import Ledger
 from pipeline.progress.render import status_table
 from pipeline.progress.view import campaign_status
 from pipeline.spec import parse_spec
 from pipeline.store import Layout, open_store
-from pipeline.units import Unit, UnitState
+from pipeline.records.units import Unit, UnitState
 from tests.conftest import make_spec
 
 

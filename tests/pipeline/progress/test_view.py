@@ -8,12 +8,12 @@ import time
 
 from rich.console import Console
 
-from pipeline.ledger import Ledger
+from pipeline.records.ledger import Ledger
 from pipeline.progress.render import duration, progress_line, share, status_lines, status_table
 from pipeline.progress.view import campaign_status
 from pipeline.spec import parse_spec
 from pipeline.store import Layout, open_store
-from pipeline.units import Unit, UnitState
+from pipeline.records.units import Unit, UnitState
 from tests.conftest import TINY_MODEL
 from workers.segments import Record, encode_segment
 

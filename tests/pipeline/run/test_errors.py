@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import ray.exceptions as rex
 
-from pipeline.errors import Action, ErrorClass, RetryPolicy, ScriptError, UnitError, classify
+from pipeline.run.errors import Action, ErrorClass, RetryPolicy, ScriptError, UnitError, classify
 
 
 def task_error(cause: BaseException) -> BaseException:

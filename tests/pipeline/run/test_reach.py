@@ -1,4 +1,4 @@
-"""The driver's own view of vanished nodes (pipeline/reach.py): real TCP listeners on 127.0.0.1
+"""The driver's own view of vanished nodes (pipeline/run/reach.py): real TCP listeners on 127.0.0.1
 for the probe; a real multi-node Ray cluster for what the executor does with a node it cannot reach
 (nothing new goes there, neither an eval task nor a training group's worker). The death of a pod
 as a whole, namespace and all, is tests/pipeline/pods/test_farm.py."""
@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 
-from pipeline.reach import NodeReach, ReachPolicy, Target, tcp_connect
+from pipeline.run.reach import NodeReach, ReachPolicy, Target, tcp_connect
 
 
 def listener(port: int = 0) -> socket.socket:
@@ -102,10 +102,10 @@ def test_nothing_new_goes_to_a_node_the_driver_cannot_reach(ray_cluster, tmp_pat
     leaves it out of the capacity, and keeps eval tasks and a training group's workers off it."""
     import ray
 
-    from pipeline.executor import Launch, RayExecutor, UnitFns
+    from pipeline.run.executor import Launch, RayExecutor, UnitFns
     from pipeline.store import Layout, open_store
-    from pipeline.tasks import fit_group
-    from pipeline.units import Unit
+    from pipeline.run.tasks import fit_group
+    from pipeline.records.units import Unit
 
     gpu_nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Resources"].get("GPU"))
     lost, kept = gpu_nodes[0], set(gpu_nodes[1:])

@@ -1,7 +1,7 @@
 """What runs on the cluster for each unit: Ray tasks and Ray Train worker groups (README "Scale").
 
-The driver (pipeline/driver.py) decides what starts when and starts it through an executor
-(pipeline/executor.py); these are the functions the Ray executor runs. Each training is a Ray Train
+The driver (pipeline/run/driver.py) decides what starts when and starts it through an executor
+(pipeline/run/executor.py); these are the functions the Ray executor runs. Each training is a Ray Train
 `TorchTrainer` launched from a zero-CPU Ray task, so trainings and evals are waited on alike; an
 eval shard is a `num_gpus=1` task; a multi-GPU TTT unit is a worker group like a training.
 """
@@ -14,13 +14,13 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.ledger import Ledger
-from pipeline.progress.pricing import LABEL_POD_ID
-from pipeline.reach import avoid_nodes
-from pipeline.errors import ScriptError, UnitError
+from pipeline.records.ledger import Ledger
+from pipeline.records.nodes import LABEL_POD_ID
+from pipeline.run.reach import avoid_nodes
+from pipeline.run.errors import ScriptError, UnitError
 from pipeline.spec import CampaignSpec, ScriptTrain
 from pipeline.store import Layout, Store, open_store
-from pipeline.units import Unit
+from pipeline.records.units import Unit
 
 # A group's collectives (NCCL/gloo) give up after this long: a hung rank ends its group. Our own
 # trainer's and a TTT group's ranks step in lockstep, so torch's own default is kept, stated.

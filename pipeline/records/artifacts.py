@@ -5,7 +5,7 @@ The driver (and `pipeline eval`) imports each artifact into the store once, as t
 training: the file under `seeds/<seed>/train/model-imported-<sha256[:12]>.ptz` and a manifest naming
 it, its sha256 and where it came from, written create-only and last, as a training commits. From
 there the evals read it like any trained seed's, on any node, and the campaign fingerprint holds
-the artifact's content digest rather than its path (pipeline/campaign.py). So an artifact is loaded
+the artifact's content digest rather than its path (pipeline/records/campaign.py). So an artifact is loaded
 as the evals load it (workers/adapters.py, imported only for that check) before anything is
 written: a committed artifact no eval can load would hold the campaign to its digest for good.
 """

@@ -6,11 +6,11 @@ import pytest
 import yaml
 
 from pipeline.cli import main
-from pipeline.driver import CampaignChanged, Driver, check_campaign
-from pipeline.scheduler import Attempt, Scheduler
-from pipeline.ledger import Ledger
+from pipeline.run.driver import CampaignChanged, Driver, check_campaign
+from pipeline.run.scheduler import Attempt, Scheduler
+from pipeline.records.ledger import Ledger
 from pipeline.store import Layout, open_store
-from pipeline.units import IllegalTransition, Unit, UnitState, UnitTracker
+from pipeline.records.units import IllegalTransition, Unit, UnitState, UnitTracker
 from tests.conftest import make_spec
 
 
@@ -165,7 +165,7 @@ def test_groups_run_on_one_node_and_gpus_gather_on_a_node_for_them():
     """Capacity per node: an 8-GPU training on 1×8 + 4×1 GPUs fits only the 8-GPU node; on 2×4 it
     waits, saying why (unless cluster.groups_span_nodes); a 4-GPU TTT unit starts only when one
     node has 4 free, and 1-GPU shards do not take the GPUs that gather for it."""
-    from pipeline.scheduler import Capacity
+    from pipeline.run.scheduler import Capacity
 
     train, ttt = Unit.train(1), Unit.eval(1, "ttt4", 0)
     shards = [Unit.eval(1, "slot", k) for k in range(6)]
@@ -209,7 +209,7 @@ def test_spanned_groups_are_named_in_the_report():
 
 
 def test_group_placement_is_strict_pack_unless_spreading_is_allowed():
-    from pipeline.tasks import group_placement
+    from pipeline.run.tasks import group_placement
 
     assert group_placement(8, span=False) == "STRICT_PACK" and group_placement(1, span=True) == "STRICT_PACK"
 
@@ -265,7 +265,7 @@ def test_a_unit_the_cluster_cannot_hold_waits_then_the_run_ends_with_it_pending(
 
 
 def test_a_second_driver_refuses_naming_the_first(data_dir, tmp_path, capsys):
-    from pipeline.driver import campaign_lease
+    from pipeline.run.driver import campaign_lease
 
     spec = make_spec(data_dir, str(tmp_path / "store"))
     f = write_spec(tmp_path / "c.yaml", spec)
@@ -293,7 +293,7 @@ def _loop_rank1_raises(config):
 
 
 def _train_rank1_raises(spec_json, seed, store_uri, context, run_id, attempt):
-    from pipeline.tasks import fit_group as _fit_group
+    from pipeline.run.tasks import fit_group as _fit_group
     from pipeline.spec import CampaignSpec
 
     spec = CampaignSpec.model_validate(spec_json)
@@ -312,7 +312,7 @@ def test_a_rank_that_raises_ends_its_group_in_seconds(ray_local, data_dir, tmp_p
     ends = [e for e in Ledger(open_store(spec.store), Layout("t"), "x").events() if e.get("state") in ("INTERRUPTED", "FAILED")]
     assert [e["state"] for e in ends] == ["INTERRUPTED", "FAILED"]
     assert all(e["seconds"] < 60 for e in ends), [e["seconds"] for e in ends]  # a hang would be 1800 s
-    from pipeline.summary import build_summary
+    from pipeline.progress.summary import build_summary
 
     failed = build_summary(spec, open_store(spec.store))["failed"]["train/1"]
     assert failed["class"] == "unknown" and any("rank 1 broke at step 3" in ln for ln in failed["tail"])
@@ -340,7 +340,7 @@ def test_a_driver_races_pipeline_eval_of_the_same_eval(ray_local, data_dir, tmp_
 
     by_hand = subprocess.Popen(
         [sys.executable, "-m", "pipeline", "eval", str(f), "--seed", "1", "--recipe", "slot"],
-        cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=Path(__file__).resolve().parents[3], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     result = {}
     driver = threading.Thread(target=lambda: result.update(report=Driver(spec, log=lambda _: None).run()))

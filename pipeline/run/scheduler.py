@@ -1,7 +1,7 @@
 """The campaign's units, their states, and which of them start next (README "Scale").
 
 One object holds what the driver loop decides on: every unit's state (through the one state
-machine, `pipeline.units.UnitTracker`), the PENDING units queued by how many GPUs they need, the
+machine, `pipeline.records.units.UnitTracker`), the PENDING units queued by how many GPUs they need, the
 retry backoffs, the running attempts and the GPUs they hold, and how many shards of each eval are
 DONE. Each call costs what changed, not the size of the campaign: a launch pops a heap, a finished
 shard bumps a counter, a retry's backoff waits in its own heap. With 25,000 units, re-sorting them
@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.units import Unit, UnitState, UnitTracker
+from pipeline.records.units import Unit, UnitState, UnitTracker
 
 
 @dataclass(frozen=True)

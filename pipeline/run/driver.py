@@ -1,14 +1,14 @@
 """The campaign driver: turns a spec into units of work and runs them until none is left.
 
-Ray does the distributed work (placement, worker groups, process death: pipeline/tasks.py, run
-through pipeline/executor.py); the driver only decides *what* starts *when*. Each seed's training
+Ray does the distributed work (placement, worker groups, process death: pipeline/run/tasks.py, run
+through pipeline/run/executor.py); the driver only decides *what* starts *when*. Each seed's training
 goes first; its evals fill the GPUs training does not need, so one seed's evals run while the next
 seed trains. Units whose commit object is already in the store are skipped, read from one listing
-per seed (pipeline/resume.py).
+per seed (pipeline/run/resume.py).
 
 The loop is small because the decisions are made by small objects (README "Scale", "Errors and
 retries", "Waiting for GPUs"): the `Scheduler` holds every unit's state and says which start next,
-`pipeline.errors` classifies a failed attempt and says retry or fail, `CapacityWaits` says which
+`pipeline.run.errors` classifies a failed attempt and says retry or fail, `CapacityWaits` says which
 units wait for GPUs the cluster does not have and when to stop waiting, `Budget` and `EarlyStops`
 say when to stop early. The ledger writes its events in batches off the launch path. One lease per
 campaign keeps a second driver out.
@@ -26,24 +26,24 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import import_artifacts
-from pipeline.campaign import CampaignChanged, check_campaign
-from pipeline.errors import Action, Failure, NodeLost, RetryPolicy, UnitError, classify
-from pipeline.executor import Executor, Launch, RayExecutor, UnitFns
-from pipeline.lease import Lease
-from pipeline.ledger import Ledger
+from pipeline.records.artifacts import import_artifacts
+from pipeline.records.campaign import CampaignChanged, check_campaign
+from pipeline.run.errors import Action, Failure, NodeLost, RetryPolicy, UnitError, classify
+from pipeline.run.executor import Executor, Launch, RayExecutor, UnitFns
+from pipeline.run.lease import Lease
+from pipeline.records.ledger import Ledger
 from pipeline.pods.checks import OUTAGE_KEY, PodChecks
 from pipeline.pods.idle import Demand
 from pipeline.progress.budget import Budget, Projection, Rates, Work, still_billing, stop_command
 from pipeline.progress.cost import NodeBill
-from pipeline.progress.pricing import NodeIdentity, node_identity, spec_node
+from pipeline.records.nodes import NodeIdentity, node_identity, spec_node
 from pipeline.progress.stopping import EarlyStops, estimate_key
-from pipeline.resume import LIST_THREADS, CampaignScan
-from pipeline.scheduler import Attempt, Capacity, CapacityWaits, Scheduler
+from pipeline.run.resume import LIST_THREADS, CampaignScan
+from pipeline.run.scheduler import Attempt, Capacity, CapacityWaits, Scheduler
 from pipeline.spec import CampaignSpec, ScriptTrain
 from pipeline.store import Layout, Store, new_attempt_id, normalize_uri, open_store
-from pipeline.tasks import eval_group_unit, eval_unit, train_unit
-from pipeline.units import Unit, UnitState
+from pipeline.run.tasks import eval_group_unit, eval_unit, train_unit
+from pipeline.records.units import Unit, UnitState
 
 __all__ = ["CampaignChanged", "Driver", "RunReport", "UnitError", "check_campaign", "resolve_paths"]
 
@@ -146,7 +146,7 @@ class Driver:
         """`connect` starts or joins Ray; it is called only when there is work to run, so a
         finished campaign re-runs (and reports) without a cluster. `train_fn` / `eval_fn` are what
         an attempt runs (bench/makespan_bench.py swaps in simulated work of the same shape);
-        `executor` builds what runs them (Ray by default; pipeline.executor.ThreadExecutor for
+        `executor` builds what runs them (Ray by default; pipeline.run.executor.ThreadExecutor for
         fake units). `progress` (pipeline/progress/live.py) is started with this run's id."""
         self.spec = spec
         self.connect = connect

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import campaign
-from pipeline.campaign import CampaignChanged, check_campaign, content_fingerprint_dict
+from pipeline.records import campaign
+from pipeline.records.campaign import CampaignChanged, check_campaign, content_fingerprint_dict
 from pipeline.store import Layout, StoreError, open_store
 from tests.conftest import make_spec
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
-from pipeline.driver import Driver
+from pipeline.run.driver import Driver
 from pipeline.store import Layout, open_store
 from tests.conftest import make_spec
 from tests.workers.helpers import commit_random_model

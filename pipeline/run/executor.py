@@ -1,9 +1,9 @@
 """Where the driver's attempts run: Ray (the product) or threads in this process (tests, bench).
 
-The driver decides *what* runs *when* (pipeline/scheduler.py); an executor only starts an attempt
+The driver decides *what* runs *when* (pipeline/run/scheduler.py); an executor only starts an attempt
 of a unit, says which attempts have ended, and describes the cluster (GPUs, nodes). Keeping Ray
 behind this small interface is what lets a 10,000-unit campaign of fake units run through the real
-driver in seconds (tests/pipeline/test_scale.py, bench/scale_bench.py), with nothing of the
+driver in seconds (tests/pipeline/run/test_scale.py, bench/scale_bench.py), with nothing of the
 scheduling swapped out.
 """
 
@@ -17,9 +17,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.reach import NodeReach, Target, avoid_nodes
-from pipeline.scheduler import Capacity
-from pipeline.units import Unit
+from pipeline.run.reach import NodeReach, Target, avoid_nodes
+from pipeline.run.scheduler import Capacity
+from pipeline.records.units import Unit
 
 # Eval tasks keep their worker process across shards; Ray must then not narrow
 # CUDA_VISIBLE_DEVICES per task (workers/device.py cuda_index says why).
@@ -38,7 +38,7 @@ class Launch:
 
 @dataclass(frozen=True)
 class UnitFns:
-    """The functions an attempt runs (pipeline/tasks.py's `train_unit`, `eval_unit`,
+    """The functions an attempt runs (pipeline/run/tasks.py's `train_unit`, `eval_unit`,
     `eval_group_unit`; a bench swaps in fakes of the same signature) and their fixed arguments.
     RayExecutor passes the two group launchers `avoid=` (node ids) too, while some node it lists
     cannot be reached."""
@@ -105,7 +105,7 @@ class RayExecutor(Executor):
 
         self.fns, self._affinity = fns, NodeAffinitySchedulingStrategy
         self.here = ray.get_runtime_context().get_node_id()
-        # the driver's own view of vanished nodes, seconds before Ray's health check (pipeline/reach.py)
+        # the driver's own view of vanished nodes, seconds before Ray's health check (pipeline/run/reach.py)
         self.reach = reach if reach is not None else NodeReach()
         # The launcher of a worker group stays on the driver's node, so losing a GPU node costs the
         # group its workers but never the launcher itself.

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.spec import CampaignSpec
-from pipeline.ledger import Ledger
+from pipeline.records.ledger import Ledger
 from pipeline.progress.stopping import estimate_key
 from pipeline.store import Layout, Store
 

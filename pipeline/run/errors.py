@@ -29,7 +29,7 @@ class UnitError(RuntimeError):
 
 
 class NodeLost(RuntimeError):
-    """The driver saw a node of an attempt leave the cluster (its own view, pipeline/driver.py) and
+    """The driver saw a node of an attempt leave the cluster (its own view, pipeline/run/driver.py) and
     abandoned the attempt without waiting for Ray to fail it: a node death."""
 
 

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.driver import Driver
-from pipeline.ledger import Ledger
+from pipeline.run.driver import Driver
+from pipeline.records.ledger import Ledger
 from pipeline.store import Layout, open_store
 from tests.conftest import make_spec
 from tests.workers.helpers import commit_random_model
 from workers.evaluate import run_eval
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SLOW_SLOT = {"name": "slot", "seq_len": 64, "stride": 16, "batch_seqs": 4, "passes": [{"kind": "slot", "steps": 60}]}
 
 

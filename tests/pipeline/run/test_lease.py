@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from pipeline.lease import Lease, LeaseHeld
+from pipeline.run.lease import Lease, LeaseHeld
 from pipeline.store import open_store
 
 
@@ -53,7 +53,7 @@ def test_take_over_after_expiry_and_the_old_holder_notices(store):
 def test_a_dead_holder_on_this_host_is_replaced_at_once(tmp_path):
     store = open_store(str(tmp_path / "st"))
     code = (
-        "import sys; from pipeline.lease import Lease; from pipeline.store import open_store;"
+        "import sys; from pipeline.run.lease import Lease; from pipeline.store import open_store;"
         f"Lease(open_store({store.uri!r}), 'c/lease', 'c', 'driver').acquire()"
     )
     subprocess.run([sys.executable, "-c", code], check=True)  # it exits holding the lease (as if killed)

@@ -12,11 +12,11 @@ import threading
 from collections import Counter
 
 from bench.fake_units import CountingStore, fake_eval, fake_train
-from pipeline.driver import Driver
-from pipeline.executor import ThreadExecutor
-from pipeline.ledger import Ledger, latest_states
+from pipeline.run.driver import Driver
+from pipeline.run.executor import ThreadExecutor
+from pipeline.records.ledger import Ledger, latest_states
 from pipeline.store import Layout, open_store
-from pipeline.units import Unit
+from pipeline.records.units import Unit
 from tests.conftest import make_spec
 
 SEEDS, RECIPES, SHARDS = 10, 4, 250  # 10 × (1 + 4 × 250) = 10,010 units
@@ -61,7 +61,7 @@ def test_ten_thousand_units_each_run_exactly_once(data_dir, tmp_path, monkeypatc
 
     # a second run reads what is DONE off one listing per seed: no request per unit
     counted = CountingStore(store)
-    monkeypatch.setattr("pipeline.driver.open_store", lambda uri: counted)
+    monkeypatch.setattr("pipeline.run.driver.open_store", lambda uri: counted)
     again = Driver(spec, log=lambda _: None, train_fn=train, eval_fn=evaluate, executor=executor).run()
     assert not again.done and len(again.skipped) == SEEDS * (1 + RECIPES) and set(runs.values()) == {1}
     assert counted.calls["list"] == SEEDS and sum(counted.calls.values()) < 3 * SEEDS, counted.calls

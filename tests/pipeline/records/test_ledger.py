@@ -10,9 +10,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from pipeline.ledger import MAX_BATCH_SPAN_S, SINCE_MARGIN_S, Ledger, key_time
+from pipeline.records.ledger import MAX_BATCH_SPAN_S, SINCE_MARGIN_S, Ledger, key_time
 from pipeline.store import Layout, LocalStore, StoreError, open_store
-from pipeline.units import Unit, UnitState
+from pipeline.records.units import Unit, UnitState
 
 LAYOUT = Layout("c")
 
@@ -128,11 +128,11 @@ def test_since_fetches_only_objects_that_can_hold_newer_events(store):
 
 
 def test_a_batch_spans_at_most_the_span_since_relies_on(store, monkeypatch):
-    import pipeline.ledger
+    import pipeline.records.ledger
 
     t0 = 1_700_000_000 * 10**9
     clock = iter(t0 + s * 10**9 for s in range(0, 300, 5))  # five minutes of events queued (a store outage, say)
-    monkeypatch.setattr(pipeline.ledger, "time", SimpleNamespace(time_ns=lambda: next(clock)))
+    monkeypatch.setattr(pipeline.records.ledger, "time", SimpleNamespace(time_ns=lambda: next(clock)))
     ledger = Ledger(store, LAYOUT, "r", batch_s=3600)
     recorded = [ledger.placed(Unit.train(1), node_id="n1") for _ in range(60)]
     ledger.close()

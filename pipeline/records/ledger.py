@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from pipeline.store import Layout, Store, StoreError
-from pipeline.units import Unit, UnitState
+from pipeline.records.units import Unit, UnitState
 
 EVENT_VERSION = 1
 BATCH_VERSION = 2

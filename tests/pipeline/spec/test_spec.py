@@ -5,7 +5,7 @@ import pytest
 from pipeline.cli import main
 from pipeline.spec import SpecError, load_spec, parse_spec
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def minimal(**over):

@@ -1,4 +1,4 @@
-"""The driver acts on its own view of dead nodes (pipeline/driver.py `_abandon_lost`, issue 22).
+"""The driver acts on its own view of dead nodes (pipeline/run/driver.py `_abandon_lost`, issue 22).
 
 A pod that vanishes (its host gone, its network namespace deleted) does not close its
 connections: Ray's health check marks its node dead after a few missed checks, but the owner of
@@ -19,7 +19,7 @@ import pytest
 
 from pipeline.store import Layout, open_store
 from tests.conftest import make_spec
-from tests.pipeline.test_faults import SLOW_SLOT, Background, assert_same_result, events, unit_states, wait_for
+from tests.pipeline.run.test_faults import SLOW_SLOT, Background, assert_same_result, events, unit_states, wait_for
 from tests.workers.helpers import commit_random_model
 from workers.evaluate import run_eval
 
