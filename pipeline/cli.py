@@ -57,7 +57,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rich.markup import escape
 
     from pipeline.records.artifacts import check_artifacts
-    from pipeline.run.driver import Driver, resolve_paths
+    from pipeline.run.driver import Driver
+    from pipeline.run.setup import resolve_paths
     from pipeline.progress.live import LiveProgress
     from pipeline.progress.render import console as make_console, cost_lines, cost_table
     from pipeline.progress.view import campaign_status
@@ -160,7 +161,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """One eval unit in this process, no Ray: resumes from the store like a Ray task would."""
     from pipeline.records.artifacts import import_artifacts
     from pipeline.records.campaign import check_campaign
-    from pipeline.run.driver import resolve_paths
+    from pipeline.run.setup import resolve_paths
     from pipeline.run.lease import Lease
     from pipeline.spec import load_spec
     from pipeline.store import Layout, open_store
@@ -199,7 +200,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from pipeline.records.artifacts import check_artifacts
-    from pipeline.run.driver import resolve_paths
+    from pipeline.run.setup import resolve_paths
     from pipeline.spec import ScriptTrain, load_spec
 
     spec = load_spec(args.spec)

@@ -17,7 +17,7 @@ DEFAULT_POD_START_S = 180.0  # renting a RunPod pod to its Ray node taking work:
 
 
 def _spec(arg: str):
-    from pipeline.run.driver import resolve_paths
+    from pipeline.run.setup import resolve_paths
     from pipeline.spec import load_spec
 
     return resolve_paths(load_spec(arg))

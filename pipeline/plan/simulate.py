@@ -16,7 +16,7 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field
 
-from pipeline.run.driver import default_shards, unit_gpus
+from pipeline.run.context import default_shards, unit_gpus
 from pipeline.plan.mixes import Mix
 from pipeline.plan.throughput import GpuRates, ThroughputTable, rates_for, short_type
 from pipeline.plan.work import CampaignWork

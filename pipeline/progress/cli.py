@@ -14,7 +14,7 @@ from pathlib import Path
 
 def resolve_campaign(arg: str):
     """(spec, store) of a campaign file or STORE/NAME; a one-line error naming what is missing."""
-    from pipeline.run.driver import resolve_paths
+    from pipeline.run.setup import resolve_paths
     from pipeline.spec import load_spec, parse_spec
     from pipeline.store import Layout, normalize_uri, open_store
 
@@ -38,7 +38,7 @@ def resolve_campaign(arg: str):
 
 def live_driver(spec, store) -> tuple[str | None, str | None]:
     """(run id, description) of the driver that holds the campaign now, if one does."""
-    from pipeline.run.driver import campaign_lease
+    from pipeline.run.setup import campaign_lease
     from pipeline.run.lease import LeaseUnreadable
 
     try:

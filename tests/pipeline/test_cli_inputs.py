@@ -233,7 +233,7 @@ def test_an_artifact_no_eval_can_load_is_refused_before_the_store_and_a_fixed_on
 
 
 def test_status_shows_the_campaign_beside_a_malformed_lease(trained, capsys):
-    from pipeline.run.driver import campaign_lease
+    from pipeline.run.setup import campaign_lease
     from pipeline.run.lease import LeaseHeld
 
     spec, f = trained

@@ -265,7 +265,7 @@ def test_a_unit_the_cluster_cannot_hold_waits_then_the_run_ends_with_it_pending(
 
 
 def test_a_second_driver_refuses_naming_the_first(data_dir, tmp_path, capsys):
-    from pipeline.run.driver import campaign_lease
+    from pipeline.run.setup import campaign_lease
 
     spec = make_spec(data_dir, str(tmp_path / "store"))
     f = write_spec(tmp_path / "c.yaml", spec)
