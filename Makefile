@@ -50,7 +50,7 @@ ssh-server:
 	    echo "openssh-server could not be installed: the ssh tests will be skipped"; \
 	  else echo "no sshd and not root with apt-get: the ssh tests will be skipped"; fi; }
 
-# A pod farm on this machine (README: Pods): the local RunPod API rents pods that are network
+# A pod farm on this machine (docs/pods.md: Pods): the local RunPod API rents pods that are network
 # namespaces with their own address and sshd, and a moto S3 serves them all; rehearse `ray up`, a
 # campaign and a pod's death before renting. Root + `ip netns`; runs until Ctrl-C (pod-farm/env, cluster.yaml).
 pod-farm: $(STAMP) ssh-server

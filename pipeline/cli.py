@@ -14,30 +14,8 @@ import time
 from pathlib import Path
 
 
-def _connect_ray(spec, address: str | None, worker_logs: bool) -> None:
-    import ray
+from pipeline.run.setup import RAY_JOB_ENV_VAR, connect_ray
 
-    if ray.is_initialized():  # embedded use (tests, notebooks): join what is there
-        return
-    address = address or spec.cluster.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=worker_logs)
-    else:
-        local = spec.cluster.local
-        ray.init(
-            address="local",  # a new instance: joining another cluster is asked for explicitly
-            num_cpus=local.num_cpus,
-            num_gpus=local.num_gpus,
-            include_dashboard=False,
-            log_to_driver=worker_logs,
-            logging_level="WARNING",
-        )
-
-
-# Ray's job supervisor sets this in the environment of a job's entrypoint, and only there (Ray 2.60,
-# ray/dashboard/modules/job/job_supervisor.py: JSON of the job's runtime_env and metadata, whose
-# job_submission_id names the job). There is no RAY_JOB_SUBMISSION_ID.
-RAY_JOB_ENV_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
 def _check_store_outlives_job(raw_store: str, source: str) -> None:
@@ -56,6 +34,7 @@ def _check_store_outlives_job(raw_store: str, source: str) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from rich.markup import escape
 
+    from pipeline.pods.campaign import CampaignPods
     from pipeline.records.artifacts import check_artifacts
     from pipeline.run.driver import Driver
     from pipeline.run.setup import resolve_paths
@@ -82,13 +61,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     def connect() -> None:
         t0 = time.perf_counter()
-        _connect_ray(spec, args.address, args.worker_logs)
+        connect_ray(spec, args.address, args.worker_logs)
         timings["ray_init_s"] = time.perf_counter() - t0
 
     console.print(f"campaign [bold]{spec.name}[/]: {len(spec.seeds)} seed(s) × train + {len(spec.evals)} eval(s), store {spec.store}")
     store = open_store(spec.store)
     live = LiveProgress(spec, store, console)
-    report = Driver(spec, log=lambda m: console.print(escape(m)), connect=connect, take_over=args.take_over, progress=live).run()
+    report = Driver(spec, log=lambda m: console.print(escape(m)), connect=connect, take_over=args.take_over, progress=live,
+                    pods=CampaignPods.for_cluster).run()  # the RunPod pods of the cluster, where it has any
     timings.update(run_wall_s=report.wall_s, units_s=report.durations)
     summary = build_summary(spec, open_store(spec.store), timings)
     out = write_summary(summary, args.results_dir or spec.results_dir)
@@ -210,7 +190,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"{args.spec}: train.script: {local.train.script_file()} does not exist (--spec-only: check the file alone)")
         check_artifacts(local, args.spec)
     print(f"{args.spec}: ok ({spec.name}, {len(spec.seeds)} seeds, {len(spec.evals)} evals, fingerprint {spec.fingerprint()[:12]})")
-    for e in spec.evals:  # legality is read off each recipe's definition (README: Legality)
+    for e in spec.evals:  # legality is read off each recipe's definition (docs/recipes.md: Legality)
         print(f"  {e.name}: {e.legality.label} ({e.legality.why})")
     return 0
 
@@ -274,16 +254,16 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline.progress.cli import register as add_progress_parsers  # status, cost, compare
 
     add_progress_parsers(sub)
-    from pipeline.report.cli import register as add_report_parser  # report (README: Reports)
+    from pipeline.report.cli import register as add_report_parser  # report (docs/reports.md: Reports)
 
     add_report_parser(sub)
     from pipeline.logs import register as add_logs_parser  # a script training's output
 
     add_logs_parser(sub)
-    from pipeline.plan.cli import register as add_plan_parser  # what a campaign will cost (README: Planning)
+    from pipeline.plan.cli import register as add_plan_parser  # what a campaign will cost (docs/plan.md: Planning)
 
     add_plan_parser(sub)
-    from pipeline.pods.cli import add_pods_parser  # RunPod pods (README: Pods)
+    from pipeline.pods.cli import add_pods_parser  # RunPod pods (docs/pods.md: Pods)
 
     add_pods_parser(sub)
     return p

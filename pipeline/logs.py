@@ -1,5 +1,5 @@
-"""`pipeline logs CAMPAIGN --seed S`: a script training's output from the store (README: Bring your
-own train_gpt.py), the whole log so far of one rank of one attempt; `--follow` prints what the
+"""`pipeline logs CAMPAIGN --seed S`: a script training's output from the store (docs/scripts.md
+"Bring your own train_gpt.py"), the whole log so far of one rank of one attempt; `--follow` prints what the
 running script adds until the seed's training commits or fails. Reads the store alone."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     from pipeline.progress.cli import resolve_campaign
     from pipeline.spec import ScriptTrain
     from pipeline.store import Layout
-    from workers.script_train import attempts
+    from workers.script_logs import attempts
 
     spec, store = resolve_campaign(args.campaign)
     if not isinstance(spec.train, ScriptTrain):
@@ -42,7 +42,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 class LogFollower:
     """One rank's log as it grows: each poll lists only the chunks after the last one read (chunks
-    are written once, in order: workers/script_train.py LogSink) and fetches those, so following a
+    are written once, in order: workers/script_logs.py LogSink) and fetches those, so following a
     long run costs what it adds, not its whole log every few seconds. Without a fixed `attempt` it
     follows the seed's committed or newest attempt, and a restart's log follows the last one's.
     A restart is looked for only when a poll found nothing new, at most every `look_every_s`:
@@ -56,7 +56,7 @@ class LogFollower:
         self.stalled = True  # the last poll added nothing
 
     def poll(self) -> str:
-        from workers.script_train import current_attempt
+        from workers.script_logs import current_attempt
 
         attempt, now = self.attempt, time.monotonic()
         if self.fixed is None and (attempt is None or (self.stalled and now - self.looked >= self.look_every_s)):
@@ -74,7 +74,7 @@ class LogFollower:
         return out + text
 
     def _read(self) -> str:
-        from workers.script_train import read_chunks
+        from workers.script_logs import read_chunks
 
         text, self.last = read_chunks(self.store, self.layout.script_log(self.seed, self.attempt, self.rank), self.last)
         return text

@@ -1,4 +1,4 @@
-"""From an artifact to the model an eval runs (README: Model adapters).
+"""From an artifact to the model an eval runs (docs/recipes.md: Model adapters).
 
 The default adapter is this project's GPT, built from either artifact format it reads: its own
 (`pipeline-int8-zlib`, which carries its config) or the parameter-golf baseline's
@@ -58,7 +58,7 @@ def load_eval_model(blob: bytes, source: str, digest: str, spec: CampaignSpec) -
             cfg, arch = spec.model, "the campaign's model:"
     else:
         fmt = payload.get("format", payload.get("__quant_format__")) if isinstance(payload, dict) else type(payload).__name__
-        raise ValueError(f"{source}: unsupported artifact format {fmt!r}; a model adapter can load it (README: Model adapters)")
+        raise ValueError(f"{source}: unsupported artifact format {fmt!r}; a model adapter can load it (docs/recipes.md: Model adapters)")
     model = GPT(cfg)
     try:
         model.load_state_dict(state)
@@ -84,7 +84,7 @@ def _run_adapter(ref: str, path: Path, spec: CampaignSpec, source: str) -> nn.Mo
     missing = [m for m in ("forward_hidden", "compute_logits") if not callable(getattr(model, m, None))]
     if not isinstance(model, nn.Module) or missing:
         what = f"has no {', '.join(missing)}" if missing else f"returned a {type(model).__name__}, not an nn.Module"
-        raise ValueError(f"model.adapter {ref!r} on {source}: {what} (README: Model adapters)")
+        raise ValueError(f"model.adapter {ref!r} on {source}: {what} (docs/recipes.md: Model adapters)")
     return model
 
 

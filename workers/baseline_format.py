@@ -7,7 +7,7 @@ optional "passthrough_orig_dtypes": {name: dtype name}}. 2-D weights are int8 wi
 other large floats int8 with one scalar scale, small ones passed through (floats stored fp16 and
 restored to their original dtype). The key names are the baseline GPT's, which are ours.
 
-Records that changed the architecture or the format need a model adapter (README: Model adapters).
+Records that changed the architecture or the format need a model adapter (docs/recipes.md: Model adapters).
 """
 
 from __future__ import annotations

@@ -242,7 +242,7 @@ def execute(
     if writer is not None:
         writer.flush()
         done["run"]["flush_s"] += writer.flush_seconds
-        done["provenance"] = attempt_provenance(store, layout, attempt)  # the stack this attempt ran on (README "Reports")
+        done["provenance"] = attempt_provenance(store, layout, attempt)  # the stack this attempt ran on (docs/reports.md "Reports")
         # the shard's commit object; if another attempt committed first, its records are as good
         # and its commit is the one returned: the driver merges what it was given (workers/result.py)
         key = layout.shard_done(seed, recipe.name, shard)

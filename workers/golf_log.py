@@ -1,4 +1,4 @@
-"""Parameter-golf training logs → training metrics (README: Bring your own train_gpt.py).
+"""Parameter-golf training logs → training metrics (docs/scripts.md: Bring your own train_gpt.py).
 
 The records' train_gpt.py scripts all print the baseline's lines (rank 0, to stdout and
 logs/<run>.txt), whatever else they change:

@@ -55,7 +55,7 @@ def make_plan(seed: int, recipe: EvalRecipe, windows: int, batches: int, shards:
         shards = max(1, min(shards, batches))
         # The order depends only on (seed, number of batches): a re-plan gives the same shards, and
         # recipes that score the same batches (SLOT-20 and SLOT-100 on one seed) share it, so the
-        # batches both have done coincide and pair (README "Paired comparisons").
+        # batches both have done coincide and pair (docs/progress-cost.md "Paired comparisons").
         key = hashlib.sha256(f"{seed}/{batches}".encode()).digest()
         order = np.random.default_rng(int.from_bytes(key[:8], "little")).permutation(batches)
         assignment = [part.tolist() for part in np.array_split(order, shards)]

@@ -1,4 +1,4 @@
-"""What an attempt ran on: every training and eval attempt records it (README "Reports").
+"""What an attempt ran on: every training and eval attempt records it (docs/reports.md "Reports").
 
 A maintainer who cannot reproduce a record needs the exact stack, not "torch 2.x": interpreter,
 torch, CUDA, cuDNN, NCCL, flash-attn and Ray versions, GPU names and driver, the container where the

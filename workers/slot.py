@@ -125,7 +125,7 @@ def score_slot_per_sample(
             return model.softcap(base + (delta @ W.T + bias)[r])
     else:
         if "bias" not in inspect.signature(model.compute_logits).parameters:
-            raise ValueError("slot_per_sample: the model's compute_logits takes no bias and it has no linear head (README: Model adapters)")
+            raise ValueError("slot_per_sample: the model's compute_logits takes no bias and it has no linear head (docs/recipes.md: Model adapters)")
         base_score = h[rows, cols].to(dtype)
         base_fit = base_score if fit is None else h[fr, fc].to(dtype)
         with torch.no_grad():

@@ -114,7 +114,6 @@ def train(
         loader.stream.skip(step * recipe.grad_accum_steps * group.world * (local_tokens + 1))
     t0 = time.perf_counter() - (meta["elapsed_s"] if meta else 0.0)
     last_ckpt = time.monotonic()
-    use_bf16 = group.device.type == "cuda"
     while True:
         every = recipe.checkpoint_every_steps
         want = step > 0 and (
@@ -129,28 +128,7 @@ def train(
         if progress >= 1.0:
             break
         mul = lr_multiplier(step, progress, recipe)
-        for opt in opts:
-            for g in opt.param_groups:
-                g["lr"] = g["base_lr"] * mul
-        loss_sum = 0.0
-        for micro in range(recipe.grad_accum_steps):
-            x, y = loader.next_batch()
-            last = micro == recipe.grad_accum_steps - 1
-            sync = ddp.no_sync() if (group.distributed and not last) else nullcontext()
-            with sync, torch.autocast(group.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                loss = ddp(x, y) / recipe.grad_accum_steps
-                loss.backward()
-            loss_sum += float(loss.detach())
-        if recipe.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-        for opt in opts:
-            opt.step()
-        for opt in opts:
-            opt.zero_grad(set_to_none=True)
-        if ema is not None:
-            with torch.no_grad():
-                for k, v in model.state_dict().items():
-                    ema[k].mul_(recipe.ema).add_(v.float(), alpha=1 - recipe.ema)
+        loss_sum = _step(ddp, model, opts, ema, loader, recipe, group, mul)
         step += 1
         if group.rank == 0 and (step % recipe.log_every == 0 or step == 1):
             log.append({"step": step, "train_loss": loss_sum, "elapsed_s": time.perf_counter() - t0, "lr_mul": mul})
@@ -182,6 +160,34 @@ def train(
     if error is not None:
         raise error
     return summary
+
+
+def _step(ddp, model, opts, ema, loader, recipe, group: Group, mul: float) -> float:
+    """One optimizer step at lr × `mul` over grad_accum_steps micro-batches (bf16 autocast on
+    CUDA), then the EMA update; returns the step's loss."""
+    for opt in opts:
+        for g in opt.param_groups:
+            g["lr"] = g["base_lr"] * mul
+    loss_sum = 0.0
+    for micro in range(recipe.grad_accum_steps):
+        x, y = loader.next_batch()
+        last = micro == recipe.grad_accum_steps - 1
+        sync = ddp.no_sync() if (group.distributed and not last) else nullcontext()
+        with sync, torch.autocast(group.device.type, dtype=torch.bfloat16, enabled=group.device.type == "cuda"):
+            loss = ddp(x, y) / recipe.grad_accum_steps
+            loss.backward()
+        loss_sum += float(loss.detach())
+    if recipe.grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+    for opt in opts:
+        opt.step()
+    for opt in opts:
+        opt.zero_grad(set_to_none=True)
+    if ema is not None:
+        with torch.no_grad():
+            for k, v in model.state_dict().items():
+                ema[k].mul_(recipe.ema).add_(v.float(), alpha=1 - recipe.ema)
+    return loss_sum
 
 
 def _node_id() -> str | None:

@@ -46,8 +46,8 @@ def shrunken(spec: CampaignSpec, store: str, val_tokens: int, gpus: int, steps: 
 
 def calibrate(spec: CampaignSpec, val_tokens: int, log, address: str | None = None) -> ThroughputTable:
     """Run the shrunken campaign and read its figures; the table's source says how it was made."""
-    from pipeline.cli import _connect_ray
     from pipeline.run.driver import Driver
+    from pipeline.run.setup import connect_ray
     from pipeline.store import open_store
 
     gpus = spec.cluster.local.num_gpus if spec.cluster.address is None and address is None else 1
@@ -55,7 +55,7 @@ def calibrate(spec: CampaignSpec, val_tokens: int, log, address: str | None = No
         small = shrunken(spec, tmp, val_tokens, gpus)
         log(f"calibrating on {small.data.val_tokens:,} val tokens and {getattr(small.train, 'max_steps', '?')} training steps "
             f"per seed ({len(small.seeds)} seeds, every recipe), in a temporary store")
-        report = Driver(small, log=lambda m: None, connect=lambda: _connect_ray(small, address, False)).run()
+        report = Driver(small, log=lambda m: None, connect=lambda: connect_ray(small, address, False)).run()
         if report.failed:
             unit, why = next(iter(report.failed.items()))
             raise ValueError(f"calibration: {unit} FAILED: {why}")

@@ -1,6 +1,6 @@
 """`pipeline plan SPEC`: predicted makespan, GPU-hours, $ (useful and idle) and GPU utilisation of a
-campaign on each pod mix, the cheapest one meeting --deadline and --budget marked (README
-"Planning"). It reads the spec, the val set's size and the throughput table, and starts nothing;
+campaign on each pod mix, the cheapest one meeting --deadline and --budget marked
+(docs/plan.md). It reads the spec, the val set's size and the throughput table, and starts nothing;
 `--calibrate` measures the table first (a short run on this cluster), `--from STORE/NAME` reads it
 from an earlier run's ledger, `--compare` puts that run's measured figures beside the prediction.
 Bad input (an unknown GPU type, a mix some unit cannot run on, a deadline or budget no mix meets,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pipeline.plan.throughput import short_type
 
-# RunPod Secure Cloud on-demand list prices, $ per GPU-hour, as README "Planning" states them
+# RunPod Secure Cloud on-demand list prices, $ per GPU-hour, as docs/plan.md "Planning" states them
 # (runpod.io/pricing as last read for this project; a pod bills GPUs × this). Pass --price to
 # plan with the price a pod quotes today (`pipeline pods list` shows each pod's).
 LIST_PRICES = {"H100": 2.69, "H200": 3.59, "A100": 1.89, "L40S": 0.86, "RTX4090": 0.69}

@@ -1,2 +1,2 @@
 """RunPod pods: the GraphQL client, SSH, bootstrap into Ray, health and idle stop, the Ray node
-provider for `ray up cluster.yaml`, and the `pipeline pods` commands (README: Pods)."""
+provider for `ray up cluster.yaml`, and the `pipeline pods` commands (docs/pods.md: Pods)."""

@@ -25,7 +25,7 @@ from pipeline.records.nodes import LABEL_GPU_COUNT, LABEL_GPU_TYPE, LABEL_POD_ID
 ROOT = Path(__file__).resolve().parents[2]
 INSTALL_VERSION = 1
 # What a pod needs to run the workers and the driver (the venv and data never travel).
-_BUNDLE = ("pipeline", "workers", "jobs", "pyproject.toml", "Makefile", "README.md", "cluster.yaml")
+_BUNDLE = ("pipeline", "workers", "jobs", "pyproject.toml", "Makefile", "README.md", "docs", "cluster.yaml")
 
 
 class BootstrapError(RuntimeError):

@@ -1,4 +1,4 @@
-"""The driver's watch over the RunPod pods of its cluster (README "Pods (RunPod)": idle pods).
+"""The driver's watch over the RunPod pods of its cluster (docs/pods.md "Pods (RunPod)": idle pods).
 
 While a campaign runs, the driver looks at its pods once a minute: a pod none of whose GPUs a unit
 has held for `cluster.idle_stop_min` (its training is over and no eval can use it, or it has no

@@ -1,5 +1,5 @@
 """A small threaded HTTP server (127.0.0.1 unless told another address) that answers RunPod's GraphQL shapes: `myself { pods }`,
-`pod(input)`, podFindAndDeployOnDemand, podStop, podResume, podTerminate (README: Pods; RunPod's
+`pod(input)`, podFindAndDeployOnDemand, podStop, podResume, podTerminate (docs/pods.md: Pods; RunPod's
 GraphQL docs). It checks the bearer key, keeps pods in memory with `costPerHr` as a string, and can
 be told to answer the next requests with an HTTP status (401, 429 + Retry-After, 5xx) or GraphQL
 `errors`, or to do what the next requests ask and answer them late (a client's timeout), or to hold

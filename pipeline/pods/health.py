@@ -3,7 +3,7 @@
 A pod is dead when RunPod says it is stopped, dead, terminated or something we do not know, or when
 it is RUNNING but Ray has no live node for it and SSH does not answer either. When a pod's node
 dies, Ray fails the tasks on it; the driver classifies that as node death (transient) and runs the
-units again elsewhere from the store (README: Errors and retries). `pipeline pods list` shows this
+units again elsewhere from the store (docs/faults.md: Errors and retries). `pipeline pods list` shows this
 verdict per pod; `pod_health` is the function a status view calls.
 """
 

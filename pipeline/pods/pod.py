@@ -14,7 +14,7 @@ from typing import Any
 
 
 # The env variable through which the node provider gives a pod its Ray tags when it creates it: the
-# one place they survive the autoscaler restarting (README: Pods, cluster.yaml).
+# one place they survive the autoscaler restarting (docs/pods.md: Pods, cluster.yaml).
 RAY_TAGS_ENV = "PIPELINE_RAY_TAGS"
 
 
@@ -24,7 +24,7 @@ PROJECT_PREFIX = "ray-"  # every pod the project rents is named ray-<cluster>-..
 def cluster_prefix(cluster_name: str) -> str:
     """The name every pod the project rents for a cluster starts with (`pipeline pods up` and the
     node provider alike): with the cluster's Ray nodes, how a pod action tells this cluster's pods
-    from the rest of a shared account (README: Pods)."""
+    from the rest of a shared account (docs/pods.md: Pods)."""
     return f"{PROJECT_PREFIX}{cluster_name}-"
 
 

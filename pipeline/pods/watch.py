@@ -1,5 +1,5 @@
 """`pipeline pods watch`, one look at a time, safe on a RunPod account shared with colleagues
-(README: Pods, "What `watch` touches").
+(docs/pods.md: Pods, "What `watch` touches").
 
 A pod is this cluster's when its name carries the cluster's prefix (`ray-<cluster>-`, which
 `pipeline pods up` and the node provider give every pod they rent: pod.cluster_prefix) AND a node

@@ -1,5 +1,5 @@
 """The driver's budget policy: start no unit once the bill so far + what the cluster bills until the
-next check + $ projected to finish would pass `budget_usd` (README "Budget"). What finished stays
+next check + $ projected to finish would pass `budget_usd` (docs/progress-cost.md "Budget"). What finished stays
 valid; a re-run with a larger budget goes on.
 
 The bill is pipeline/progress/cost.py's (every second of every watched node at its own price, idle
@@ -14,8 +14,6 @@ runs and bills, with the command that stops each.
 
 from __future__ import annotations
 
-import json
-import os
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -124,14 +122,3 @@ def still_billing(units: list[str], nodes: list[NodeIdentity], stop_driver: str)
         out.append(f"{len(alive) - len(pods)} node(s) not a known pod bill ${sum(n.hourly_usd for n in alive if not n.pod_id):.2f}/h until their machines stop")
     return "; ".join(out)
 
-
-def stop_command() -> str:
-    """How a user stops this driver (and with it its running units): the Ray job it runs as, or
-    its process."""
-    from pipeline.cli import RAY_JOB_ENV_VAR  # where the CLI knows it from; asked only when the budget stops
-
-    try:
-        job = json.loads(os.environ.get(RAY_JOB_ENV_VAR, "{}")).get("metadata", {}).get("job_submission_id")
-    except (ValueError, AttributeError):
-        job = None
-    return f"`ray job stop {job}`" if job else f"`kill -INT {os.getpid()}` (Ctrl-C)"

@@ -1,4 +1,4 @@
-"""Two recipes compared batch by batch (README "Paired comparisons").
+"""Two recipes compared batch by batch (docs/progress-cost.md "Paired comparisons").
 
 Recipes that score the same batches of one seed share their plan's order (workers/plan.py), so the
 batches both have done are the same random sample, and bpb(A) − bpb(B) is estimated from each

@@ -1,4 +1,4 @@
-"""What a campaign has cost, from its ledger alone (README "Cost"): the one cost model that the
+"""What a campaign has cost, from its ledger alone (docs/progress-cost.md "Cost"): the one cost model that the
 budget, `pipeline status`, `pipeline cost` and the report all use.
 
 The bill is what the campaign's nodes charge: every second each node was alive while a driver

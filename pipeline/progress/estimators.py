@@ -9,7 +9,7 @@ estimator R̂ = Σ y_s / Σ x_s over the sample, whose variance by the delta met
 
 with the finite-population correction (1 − n/N): at n = N the interval is a point, the number.
 
-Two kinds of interval (README "Early answers"):
+Two kinds of interval (docs/progress-cost.md "Early answers"):
 - `fixed`: a 95 % interval valid at the moment you look once (what `pipeline status` shows);
 - `sequence`: a confidence *sequence*, valid simultaneously at every moment, so a rule that is
   checked after every flush and stops the first time it holds still errs ≤ α. It is the

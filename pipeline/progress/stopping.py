@@ -1,4 +1,4 @@
-"""Early stop: an eval's `stop_when` rule, decided on the records in the store (README "Early answers").
+"""Early stop: an eval's `stop_when` rule, decided on the records in the store (docs/progress-cost.md "Early answers").
 
 The rule is looked at every time the driver reads new records, and the eval stops the first time it
 holds, so it is decided on a confidence *sequence* (estimators.py), whose error rate holds under

@@ -30,7 +30,7 @@ def build_summary(spec: CampaignSpec, store: Store, timings: dict[str, Any] | No
                 "sha256": m["sha256"],
                 **{k: t[k] for k in ("steps", "wall_s", "final_train_loss") if k in t},
             }
-            if m.get("kind") == "script":  # a user's train_gpt.py (README: Bring your own train_gpt.py)
+            if m.get("kind") == "script":  # a user's train_gpt.py (docs/scripts.md: Bring your own train_gpt.py)
                 entry["train"].update(
                     {k: t[k] for k in ("stopped_early", "last_val", "restart") if k in t},
                     script_final=m.get("script_final", {}), size=m.get("size"), script_md5=m["script"]["md5"],
@@ -56,7 +56,7 @@ def build_summary(spec: CampaignSpec, store: Store, timings: dict[str, Any] | No
                 estimated[str(seed)] = {**est["val_bpb"], "done": est["done"], "why": est["why"]}
         recipes[e.name] = {
             "kind": e.kind,
-            "legality": e.legality.as_dict(),  # from the recipe's definition (README: Legality)
+            "legality": e.legality.as_dict(),  # from the recipe's definition (docs/recipes.md: Legality)
             "seeds": per_seed,
             "estimated": estimated,
             "n": len(bpbs),

@@ -1,4 +1,4 @@
-"""A campaign's state read from its store alone: what `pipeline status` shows (README "Progress").
+"""A campaign's state read from its store alone: what `pipeline status` shows (docs/progress-cost.md "Progress").
 
 Nothing here needs Ray or the cluster: a copy of the store on a laptop gives the same answer. Per
 seed and recipe: state, batches done, running bpb with its interval (a random sample for shardable
@@ -94,7 +94,7 @@ def training_progress(spec: CampaignSpec, store: Store, layout: Layout, seed: in
 
     if isinstance(spec.train, ScriptTrain):
         from workers.golf_log import parse_log  # text only
-        from workers.script_train import read_log
+        from workers.script_logs import read_log
 
         _, text = read_log(store, layout, seed)
         m = parse_log(text).metrics()

@@ -1,5 +1,5 @@
 """Eval-only campaigns (`artifacts: {seed: path}`): each seed's existing artifact stands in for its
-training (README: Eval-only campaigns).
+training (docs/recipes.md: Eval-only campaigns).
 
 The driver (and `pipeline eval`) imports each artifact into the store once, as the seed's committed
 training: the file under `seeds/<seed>/train/model-imported-<sha256[:12]>.ptz` and a manifest naming

@@ -1,5 +1,5 @@
-"""Append-only event ledger in the store: unit transitions, placements, cluster snapshots (README
-"Store layout"). Cost and progress are computed from these later.
+"""Append-only event ledger in the store: unit transitions, placements, cluster snapshots
+(docs/store.md "Store layout"). Cost and progress are computed from these later.
 
 Objects are `events/<time_ns:020d>-<rand>.json`: names sort by time and are never shared, so several
 drivers (or a restarted one) and their Ray tasks append without coordination. Two forms:

@@ -1,4 +1,4 @@
-"""Which pod a Ray node is and what its GPUs cost (README "Cost").
+"""Which pod a Ray node is and what its GPUs cost (docs/progress-cost.md "Cost").
 
 A RunPod pod joins the cluster with its identity as node labels (`pipeline pods bootstrap`, the
 node provider): pod id, GPU type, GPU count and the pod's $/hour. A node without them (a local

@@ -1,5 +1,5 @@
 """`pipeline report CAMPAIGN`: report.md, report.json, submission.json and PNGs under
-results/<campaign>/, from the store alone (README "Reports"); `--bundle` adds the reproduction tarball."""
+results/<campaign>/, from the store alone (docs/reports.md "Reports"); `--bundle` adds the reproduction tarball."""
 
 from __future__ import annotations
 

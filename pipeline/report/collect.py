@@ -1,5 +1,5 @@
 """A campaign's report, read from its store alone: what report.md, report.json, the pictures and
-submission.json are made of (README "Reports").
+submission.json are made of (docs/reports.md "Reports").
 
 Per seed and recipe: the final numbers of result.json, or, for an eval that is not finished (or
 that its stop rule ended), the running value with its interval and % done, never as a bare number:

@@ -1,4 +1,4 @@
-"""Which software stack each attempt ran on, and whether the seeds of a report agree (README "Reports").
+"""Which software stack each attempt ran on, and whether the seeds of a report agree (docs/reports.md "Reports").
 
 Every attempt's `placed` event carries its provenance (each rank of a group, so a rank on another
 pod shows); the committing attempt of a training (manifest.json) and of each eval shard (done.json)

@@ -1,4 +1,4 @@
-"""submission.json in the parameter-golf records' format, filled from the store (README "Reports").
+"""submission.json in the parameter-golf records' format, filled from the store (docs/reports.md "Reports").
 
 The records publish: name, blurb, date, val_loss, val_bpb (3-seed means), val_bpb_std (ddof = 0),
 seeds, seed_results (per seed), bytes_total (artifact + code), bytes_code, hardware. What the store

@@ -1,4 +1,4 @@
-"""Cost and progress over time, from the ledger and the segments' flush times (README "Reports").
+"""Cost and progress over time, from the ledger and the segments' flush times (docs/reports.md "Reports").
 
 $ at time t: the campaign's bill as it stood at t (`pipeline/progress/cost.py`: every watched
 node's time at its price, idle included, and the attempts no driver watched), ending at the total

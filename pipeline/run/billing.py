@@ -10,12 +10,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from pipeline.progress.budget import Budget, Projection, Rates, Work, still_billing, stop_command
+from pipeline.progress.budget import Budget, Projection, Rates, Work, still_billing
 from pipeline.progress.cost import NodeBill
 from pipeline.records.nodes import NodeIdentity, spec_node
 from pipeline.records.units import Unit, UnitState
 from pipeline.run.context import RunContext
 from pipeline.run.report import RunReport
+from pipeline.run.setup import stop_command
 
 
 class Billing:

@@ -70,18 +70,23 @@ class Driver:
         take_over: bool = False,
         progress: Any = None,
         executor: Callable[[UnitFns], Executor] | None = None,
+        pods: Callable[[float, Callable[[str], None]], Any] | None = None,
     ):
         """`connect` starts or joins Ray; it is called only when there is work to run, so a
         finished campaign re-runs (and reports) without a cluster. `train_fn` / `eval_fn` are what
         an attempt runs (bench/makespan_bench.py swaps in simulated work of the same shape);
         `executor` builds what runs them (Ray by default; pipeline.run.executor.ThreadExecutor for
-        fake units). `progress` (pipeline/progress/live.py) is started with this run's id."""
+        fake units). `progress` (pipeline/progress/live.py) is started with this run's id. `pods`
+        makes the campaign's RunPod watch once Ray is joined, given idle_stop_min and the log
+        (`pipeline run` passes pipeline.pods.campaign.CampaignPods.for_cluster: None where the
+        cluster has no pods or there is no RunPod key); without it no pod is watched or stopped."""
         self.spec = spec
         self.connect = connect
         self.fns = (train_fn, eval_fn, group_eval_fn)
         self.make_executor = executor or RayExecutor
         self.take_over = take_over
         self.progress = progress
+        self.pods = pods
         self.store = open_store(spec.store)
         self.layout = Layout(spec.name)
         self.log = log
@@ -194,7 +199,7 @@ class Driver:
         # the driver's command line: what a maintainer reruns (the manifest's provenance)
         context = {"git_commit": git_commit(), "spec_fingerprint": spec.fingerprint(), "command": shlex.join(sys.argv)}
         self.ctx.executor = self.make_executor(UnitFns(*self.fns, spec.model_dump(mode="json"), spec.store, context, self.ledger.run_id))
-        pods = self.ctx.executor.watch_pods(spec.cluster.idle_stop_min, self.log)
+        pods = self.pods(spec.cluster.idle_stop_min, self.log) if self.pods is not None else None
         if pods is not None:
             # an API outage is a `waiting` entry of the ledger while it lasts: `pipeline status` shows it
             self.pod_watch = PodChecks(pods, self.log, lambda what: self.ledger.waiting(OUTAGE_KEY, what)).start()

@@ -1,5 +1,5 @@
 """What went wrong in a unit attempt, classified once, and the retry policy that acts on it
-(docs/design.md §4, README "Errors and retries").
+(docs/design.md §4, docs/faults.md "Errors and retries").
 
 The driver asks two questions of every failed attempt: *what kind of failure is this* (`classify`,
 one table) and *what now* (`RetryPolicy.decide`: retry after a delay, away from the nodes it
@@ -34,7 +34,7 @@ class NodeLost(RuntimeError):
 
 
 class ScriptError(RuntimeError):
-    """A user's training script failed (README: Bring your own train_gpt.py): its log's last lines,
+    """A user's training script failed (docs/scripts.md: Bring your own train_gpt.py): its log's last lines,
     then one line saying how it ended. Classified by that text like any error: an NCCL timeout in
     it is transient, a Python error of the script's own is deterministic, a kill or crash unknown."""
 
@@ -52,7 +52,7 @@ class ErrorClass(str, Enum):
 _APP_ERRORS = ("ValueError", "FloatingPointError", "FileNotFoundError", "ImportError", "ShardError", "ArtifactTooLarge", "UnitError")
 
 
-# A script's own Python errors (its last exception, workers/script_train.py): a bug or bad input
+# A script's own Python errors (its last exception, workers/script_logs.py): a bug or bad input
 # of the script, which another attempt repeats.
 _SCRIPT_ERRORS = (
     "ValueError", "FloatingPointError", "FileNotFoundError", "ImportError", "ModuleNotFoundError", "AssertionError", "KeyError",
@@ -69,7 +69,7 @@ class Rule:
     pattern: str | None = None  # regex over the error's whole text (a worker's traceback included)
 
 
-# One table, first match wins; the README prints it. Order matters where texts overlap: an
+# One table, first match wins (docs/design.md §4 and docs/faults.md "Errors and retries" describe its classes). Order matters where texts overlap: an
 # application error raised inside a dead group must stay deterministic.
 TABLE: tuple[Rule, ...] = (
     Rule("bad-input", ErrorClass.DETERMINISTIC, types=_APP_ERRORS),

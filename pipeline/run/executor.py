@@ -90,10 +90,6 @@ class Executor(ABC):
     def nodes(self) -> list[dict[str, Any]]:
         """The cluster's nodes in `ray.nodes()`'s shape (NodeID, Alive, Resources, Labels)."""
 
-    def watch_pods(self, idle_stop_min: float, log: Callable[[str], None]) -> Any:
-        """The campaign's RunPod watch (pipeline/pods/campaign.py) where the cluster has pods."""
-        return None
-
     def close(self) -> None:
         """The run is over: let go of what the executor holds (Ray's own tasks end with their driver)."""
 
@@ -205,11 +201,6 @@ class RayExecutor(Executor):
 
     def close(self) -> None:
         self.reach.close()
-
-    def watch_pods(self, idle_stop_min: float, log: Callable[[str], None]) -> Any:
-        from pipeline.pods.campaign import CampaignPods  # active only with a RunPod key and pod nodes
-
-        return CampaignPods.for_cluster(idle_stop_min, log)
 
 
 class ThreadExecutor(Executor):

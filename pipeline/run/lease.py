@@ -1,4 +1,4 @@
-"""One owner at a time: a lease in the store, renewed by a heartbeat (README "One driver per campaign").
+"""One owner at a time: a lease in the store, renewed by a heartbeat (docs/faults.md "One driver per campaign").
 
 A lease is a directory of generations, `<dir>/<gen:08d>.json`, each written create-only by the
 process that takes the lease: two processes racing for generation g+1 cannot both win, on a local

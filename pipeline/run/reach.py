@@ -2,7 +2,7 @@
 a TCP connection from the driver's host.
 
 A pod that vanishes (RunPod reclaims it, its host dies) sends nothing: Ray's health check marks
-its node dead only after several timed-out checks (27.6 s in a pod-farm run, README "The pod
+its node dead only after several timed-out checks (27.6 s in a pod-farm run, docs/pods.md "The pod
 farm"), and a group's launcher hears of its dead rank later still. A connect to a vanished host
 fails within a second or two, while a live node's kernel accepts it however busy the node is (even
 a stopped raylet's socket does: that case is left to Ray's health check). A node counts as

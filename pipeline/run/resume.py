@@ -1,4 +1,4 @@
-"""What of a campaign is already committed, read from a few prefix listings (README "Scale").
+"""What of a campaign is already committed, read from a few prefix listings (docs/scale.md "Scale").
 
 A driver that starts on a store holding earlier work has to know, for every unit, whether its
 commit object exists. Asking per unit (a HEAD per shard) is ~27,000 serial requests for 100 seeds ×

@@ -1,4 +1,4 @@
-"""The campaign's units, their states, and which of them start next (README "Scale").
+"""The campaign's units, their states, and which of them start next (docs/scale.md "Scale").
 
 One object holds what the driver loop decides on: every unit's state (through the one state
 machine, `pipeline.records.units.UnitTracker`), the PENDING units queued by how many GPUs they need, the
@@ -8,7 +8,7 @@ shard bumps a counter, a retry's backoff waits in its own heap. With 25,000 unit
 on every loop turn (what a list of units invites) is what made a sweep's driver cost grow with the
 square of its size.
 
-Order, as README "Waiting for GPUs" says: trainings first, in seed order, as many groups as the
+Order, as docs/progress-cost.md "Waiting for GPUs" says: trainings first, in seed order, as many groups as the
 cluster holds; evals fill the GPUs training leaves free, largest first (multi-GPU TTT units are
 the long sequential ones), and when the largest one that fits the cluster does not fit the free
 GPUs nothing smaller jumps ahead of it: GPUs gather for it instead of going to 1-GPU shards one by

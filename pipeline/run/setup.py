@@ -1,8 +1,11 @@
-"""What a run settles before its loop: paths every Ray worker resolves the same way, the campaign's
-lease (one driver at a time), and the code's commit for the manifests' provenance."""
+"""What a run settles before its loop: the Ray cluster it joins, paths every Ray worker resolves the
+same way, the campaign's lease (one driver at a time), the code's commit for the manifests'
+provenance, and how a user stops it (the Ray job it runs as, or its process)."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -36,3 +39,41 @@ def git_commit() -> str | None:
 
 def campaign_lease(store: Store, spec: CampaignSpec, run_id: str | None = None) -> Lease:
     return Lease(store, Layout(spec.name).lease_dir, f"campaign {spec.name!r} in {store.uri}", "driver", token=run_id)
+
+
+def connect_ray(spec: CampaignSpec, address: str | None, worker_logs: bool) -> None:
+    """Join the cluster at `address` (or the spec's, or RAY_ADDRESS), else start a local Ray
+    instance of the spec's `cluster.local` size."""
+    import ray
+
+    if ray.is_initialized():  # embedded use (tests, notebooks): join what is there
+        return
+    address = address or spec.cluster.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=worker_logs)
+    else:
+        local = spec.cluster.local
+        ray.init(
+            address="local",  # a new instance: joining another cluster is asked for explicitly
+            num_cpus=local.num_cpus,
+            num_gpus=local.num_gpus,
+            include_dashboard=False,
+            log_to_driver=worker_logs,
+            logging_level="WARNING",
+        )
+
+
+# Ray's job supervisor sets this in the environment of a job's entrypoint, and only there (Ray 2.60,
+# ray/dashboard/modules/job/job_supervisor.py: JSON of the job's runtime_env and metadata, whose
+# job_submission_id names the job). There is no RAY_JOB_SUBMISSION_ID.
+RAY_JOB_ENV_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def stop_command() -> str:
+    """How a user stops this driver (and with it its running units): the Ray job it runs as, or
+    its process."""
+    try:
+        job = json.loads(os.environ.get(RAY_JOB_ENV_VAR, "{}")).get("metadata", {}).get("job_submission_id")
+    except (ValueError, AttributeError):
+        job = None
+    return f"`ray job stop {job}`" if job else f"`kill -INT {os.getpid()}` (Ctrl-C)"

@@ -1,4 +1,4 @@
-"""What runs on the cluster for each unit: Ray tasks and Ray Train worker groups (README "Scale").
+"""What runs on the cluster for each unit: Ray tasks and Ray Train worker groups (docs/scale.md "Scale").
 
 The driver (pipeline/run/driver.py) decides what starts when and starts it through an executor
 (pipeline/run/executor.py); these are the functions the Ray executor runs. Each training is a Ray Train
@@ -96,7 +96,7 @@ def fit_group(
 
 def _place(spec: CampaignSpec, store_uri: str, run_id: str, unit: Unit, attempt: str, **extra: Any) -> None:
     """The `placed` event of an attempt: node, pod (its label, where the node is a pod), GPUs and pid
-    of this process, and the software stack it runs on (every attempt, every rank: README "Reports")."""
+    of this process, and the software stack it runs on (every attempt, every rank: docs/reports.md "Reports")."""
     import ray
 
     from workers.provenance import provenance

@@ -31,11 +31,11 @@ class CampaignSpec(Strict):
     results_dir: str = Field("results", description="where summaries are written, under <results_dir>/<name>/")
     cluster: ClusterSpec = ClusterSpec()
     budget_usd: BudgetUsd = Field(
-        None, gt=0, description="start no unit once $ spent + $ projected to finish would pass this (README \"Budget\")"
+        None, gt=0, description="start no unit once $ spent + $ projected to finish would pass this (docs/progress-cost.md \"Budget\")"
     )
     artifacts: dict[int, str] | None = later(
         None, description="eval-only campaign: each seed's existing artifact (a local file), instead of `train:`; "
-        "imported into the store, identified by its sha256 (README: Eval-only campaigns)"
+        "imported into the store, identified by its sha256 (docs/recipes.md: Eval-only campaigns)"
     )
 
     @model_validator(mode="before")

@@ -42,7 +42,7 @@ BudgetUsd = Annotated[float | None, _at_most(MAX_BUDGET_USD, "$")]
 
 
 class Pricing(Strict):
-    """What a GPU costs where the node does not say (a RunPod pod's labels say it: README "Cost").
+    """What a GPU costs where the node does not say (a RunPod pod's labels say it: docs/progress-cost.md "Cost").
     Locally it prices the logical GPU slots as the GPUs they stand for, so the demo's figures read
     like a pod's."""
 
@@ -70,14 +70,14 @@ class ClusterSpec(Strict):
     )
     idle_stop_min: float = Field(
         10.0, gt=0, description="a RunPod pod of the cluster that no unit used or could use for this long is stopped "
-        "(by the driver, or `pipeline pods watch`; README: Pods): not one whose GPUs a waiting unit gathers; the head "
+        "(by the driver, or `pipeline pods watch`; docs/pods.md: Pods): not one whose GPUs a waiting unit gathers; the head "
         "pod only once every pod is idle"
     )
 
 
 class PodConfig(Strict):
     """One RunPod on-demand pod: a node type's `node_config` in cluster.yaml, or `pipeline pods up`'s
-    flags. Names follow podFindAndDeployOnDemand's input (README: Pods)."""
+    flags. Names follow podFindAndDeployOnDemand's input (docs/pods.md: Pods)."""
 
     gpu_type_id: str = Field(min_length=1, description="RunPod GPU type id, e.g. 'NVIDIA H100 80GB HBM3'")
     gpu_count: int = Field(1, ge=1, le=16)

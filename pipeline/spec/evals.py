@@ -131,7 +131,7 @@ class EvalRecipe(Strict):
     shards: int | None = Field(
         None, ge=1, description="split the batches over this many GPU tasks; None = the cluster's GPUs (ttt: always 1 unit, on ttt.gpus GPUs)"
     )
-    stop_when: StopRule | None = Field(None, description="end the eval early, ESTIMATED, once this holds (README \"Early answers\")")
+    stop_when: StopRule | None = Field(None, description="end the eval early, ESTIMATED, once this holds (docs/progress-cost.md \"Early answers\")")
 
     @model_validator(mode="after")
     def _check(self) -> EvalRecipe:
@@ -189,7 +189,7 @@ ADAPTS_ON_SCORED = "adapts-on-scored-tokens"
 
 @dataclass(frozen=True)
 class Legality:
-    """What the challenge later ruled on (README: Legality): may a token be scored by parameters or a
+    """What the challenge later ruled on (docs/recipes.md: Legality): may a token be scored by parameters or a
     δ fitted on it or on later tokens?"""
 
     label: str  # SCORE_FIRST | ADAPTS_ON_SCORED

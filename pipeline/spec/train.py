@@ -26,7 +26,7 @@ class ModelConfig(Strict):
     qk_gain_init: float = Field(1.5, gt=0)
     tied_embed_init_std: float = Field(0.005, gt=0)
     adapter: Adapter = later(
-        None, description="'package.module:function' building the eval model from an artifact (README: Model adapters); "
+        None, description="'package.module:function' building the eval model from an artifact (docs/recipes.md: Model adapters); "
         "None = this project's GPT; the other fields then describe the GPT"
     )
 
@@ -72,7 +72,7 @@ class TrainRecipe(Strict):
     )
     max_failures: int = Field(
         3, ge=0, description="transient failures (node death, NCCL timeout, S3 5xx, ...) retried per training unit, "
-        "each restart resuming from the last checkpoint (README: Errors and retries)"
+        "each restart resuming from the last checkpoint (docs/faults.md: Errors and retries)"
     )
     keep_checkpoints: int = Field(2, ge=1, description="newest training checkpoints kept in the store while the seed trains")
 
@@ -132,7 +132,7 @@ class ScriptCheckpoints(Strict):
 
 class ScriptTrain(Strict):
     """Your own torchrun-style training script (a parameter-golf record's train_gpt.py), one
-    process per rank with the environment torchrun gives it (README: Bring your own train_gpt.py)."""
+    process per rank with the environment torchrun gives it (docs/scripts.md: Bring your own train_gpt.py)."""
 
     kind: Literal["script"]
     script: str = Field(min_length=1, description="the script, or a folder holding train_gpt.py; at the same path on every node")
@@ -147,7 +147,7 @@ class ScriptTrain(Strict):
         description="files the script writes, relative to its cwd; the first is the artifact our evals score and the "
         "size limit counts, all are uploaded",
     )
-    adapter: Adapter = Field(None, description="'package.module:function' loading the artifact for our evals (README: Model adapters)")
+    adapter: Adapter = Field(None, description="'package.module:function' loading the artifact for our evals (docs/recipes.md: Model adapters)")
     world_size: int = Field(8, ge=1, description="ranks (torchrun's nproc_per_node × nnodes)")
     gpus_per_worker: float = Field(1, ge=0, description="GPU slots per rank (logical on a CPU box)")
     max_wallclock_s: float = Field(600.0, gt=0, description="the script's training time cap (its MAX_WALLCLOCK_SECONDS)")
@@ -157,7 +157,7 @@ class ScriptTrain(Strict):
     )
     artifact_limit_bytes: int = Field(16_000_000, ge=1, description="code + artifact bytes are reported against this, not enforced")
     checkpoints: ScriptCheckpoints | None = Field(None, description="the script's checkpoint folder; None = a restart reruns the script from the start")
-    max_failures: int = Field(3, ge=0, description="transient failures retried (README: Errors and retries)")
+    max_failures: int = Field(3, ge=0, description="transient failures retried (docs/faults.md: Errors and retries)")
     keep_checkpoints: int = Field(2, ge=1, description="newest snapshots of the checkpoint folder kept in the store")
     compare: dict[str, str] = Field(
         default_factory=dict, description="our eval recipe → the script's final_*_exact line it is compared with; "

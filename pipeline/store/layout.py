@@ -30,7 +30,7 @@ def _attempt(name: str, attempt: str | None, ext: str = "") -> str:
 
 
 class Layout:
-    """Where each object of a campaign lives (docs/design.md §3, README "Store layout"). Commit objects are
+    """Where each object of a campaign lives (docs/design.md §3, docs/store.md "Store layout"). Commit objects are
     written create-only and last: manifest.json for a train unit, shard-K/done.json for an eval
     shard, result.json for an eval. Objects an attempt writes before its commit carry its attempt id."""
 
@@ -97,7 +97,7 @@ class Layout:
         return int(m.group(2)) if m and m.group(3) == "commit.json" else None
 
     def script_log(self, seed: int, attempt: str | None = None, rank: int | None = None) -> str:
-        """A training script's output (README: Bring your own train_gpt.py): each rank's chunks
+        """A training script's output (docs/scripts.md: Bring your own train_gpt.py): each rank's chunks
         `log-<attempt>/rank-R/NNNNNN.txt` in order, and `log-<attempt>/start.json` when it began."""
         out = f"{self.train_dir(seed)}/log-"  # without an attempt: the prefix of every attempt's folder
         return out if attempt is None else f"{out}{attempt}" + ("" if rank is None else f"/rank-{rank}")

@@ -1,5 +1,5 @@
 """Eval-only campaigns (`artifacts:`), legality labels and the fingerprint of the fields added for
-the records' recipes (README: Eval-only campaigns, Recipe variants, Legality)."""
+the records' recipes (docs/recipes.md: Eval-only campaigns, Recipe variants, Legality)."""
 
 from __future__ import annotations
 

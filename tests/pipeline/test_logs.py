@@ -10,7 +10,7 @@ from pipeline.logs import LogFollower, TrainingEnd
 from pipeline.records.ledger import Ledger
 from pipeline.store import Layout, open_store
 from pipeline.records.units import Unit, UnitState
-from workers.script_train import LogSink
+from workers.script_logs import LogSink
 
 
 def start(store, layout, attempt: str, t: float) -> LogSink:

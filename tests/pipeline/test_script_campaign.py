@@ -1,4 +1,4 @@
-"""A user's own torchrun-style train_gpt.py through the driver (README: Bring your own
+"""A user's own torchrun-style train_gpt.py through the driver (docs/scripts.md: Bring your own
 train_gpt.py): tests/workers/golf_script/train_gpt.py trains three seeds on 2-worker groups of a
 local Ray instance; seed 1 trains and its artifact is evaluated through an adapter, seed 2's script
 raises (FAILED at once, with its log tail), seed 3's rank 1 is SIGKILLed mid-run once and the
@@ -17,7 +17,7 @@ from pipeline.spec import parse_spec
 from pipeline.store import Layout, open_store
 from pipeline.progress.summary import build_summary
 from tests.conftest import make_spec
-from workers.script_train import read_log
+from workers.script_logs import read_log
 
 SCRIPT = Path(__file__).parents[1] / "workers" / "golf_script" / "train_gpt.py"
 

@@ -1,5 +1,5 @@
 """Artifacts made elsewhere: the baseline's int8_clean_per_row_v1 format and model adapters
-(README: Eval-only campaigns, Model adapters)."""
+(docs/recipes.md: Eval-only campaigns, Model adapters)."""
 
 import math
 

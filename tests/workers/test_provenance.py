@@ -1,4 +1,4 @@
-"""Every attempt records the stack it ran on (README "Reports"), and never a secret."""
+"""Every attempt records the stack it ran on (docs/reports.md "Reports"), and never a secret."""
 
 from __future__ import annotations
 

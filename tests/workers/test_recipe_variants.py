@@ -1,4 +1,4 @@
-"""The records' recipe variants (README: Recipe variants): each against the straightforward fp64
+"""The records' recipe variants (docs/recipes.md: Recipe variants): each against the straightforward fp64
 reference of tests/workers/reference.py to 1e-9 relative, and bit-exact under sharding and resume."""
 
 import math

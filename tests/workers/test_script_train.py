@@ -17,9 +17,9 @@ from pipeline.spec import parse_spec
 from pipeline.store import Layout, open_store
 from tests.conftest import make_spec
 from workers.golf_log import parse_log
-from workers.script_train import (
-    CheckpointSync, LogSink, Outcome, _restart, describe, places, plan_restore, read_log, restore_snapshot, script_env, supervise,
-)
+from workers.script_checkpoints import CheckpointSync, plan_restore, restore_snapshot
+from workers.script_logs import LogSink, read_log
+from workers.script_train import Outcome, _restart, describe, places, script_env, supervise
 
 # The baseline train_gpt.py's lines, as a record's log holds them (values from its README's run).
 BASELINE_LOG = """\

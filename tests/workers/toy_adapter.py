@@ -1,4 +1,4 @@
-"""A model adapter that is not our GPT, for the adapter tests (README: Model adapters): a causal
+"""A model adapter that is not our GPT, for the adapter tests (docs/recipes.md: Model adapters): a causal
 "running mean" LM (embedding, cumulative mean over the prefix, a tanh MLP, an untied head with a
 softcap). It has no `head`/`head_weight`, so SLOT takes the generic compute_logits path."""
 

@@ -113,7 +113,7 @@ def test_watch_once_reports_the_clusters_pods_and_names_the_ones_it_leaves_alone
 
 
 def test_watch_goes_on_after_an_api_error(runpod, capsys, monkeypatch):
-    import pipeline.pods.cli as pods_cli
+    import pipeline.pods.commands as pods_cli
 
     a = runpod.add_pod(name="ray-golf-train")
     runpod.fail_next(200, {"data": None, "errors": [{"message": "Something went wrong."}]})
@@ -138,7 +138,7 @@ def test_watch_stops_an_idle_pod_of_the_cluster_and_leaves_a_colleagues_alone(ru
     import ray
     import yaml
 
-    import pipeline.pods.cli as pods_cli
+    import pipeline.pods.commands as pods_cli
     from pipeline.records.nodes import LABEL_POD_ID
     from tests.conftest import make_spec
 

@@ -18,16 +18,15 @@ from pipeline.store import Layout, open_store
 from tests.conftest import make_spec
 
 
-class PodExecutor(ThreadExecutor):
-    """The thread executor on one pod of the fake RunPod API, its GPUs free (nothing runs on it)."""
+def on_pod(spec, gpus: float, pod: str, client: RunPodClient, **kw) -> Driver:
+    """A driver whose thread executor runs on one pod of the fake RunPod API, its GPUs free
+    (nothing runs on it), and whose pod watch is that pod's."""
+    node = RayNode(ThreadExecutor.NODE_ID, True, gpus, gpus)
 
-    def __init__(self, fns, gpus: float, pod: str, client: RunPodClient):
-        super().__init__(fns, gpus)
-        self.pod, self.client = pod, client
+    def pods(idle_stop_min, log):
+        return CampaignPods(client, idle_stop_min, None, log, every_s=0.05, nodes=lambda: {pod: node})
 
-    def watch_pods(self, idle_stop_min, log):
-        node = RayNode(self.NODE_ID, True, self.gpus, self.gpus)
-        return CampaignPods(self.client, idle_stop_min, None, log, every_s=0.05, nodes=lambda: {self.pod: node})
+    return Driver(spec, executor=lambda fns: ThreadExecutor(fns, gpus), pods=pods, **kw)
 
 
 def test_the_pod_a_waiting_unit_needs_is_not_stopped_while_it_waits(runpod, data_dir, tmp_path):
@@ -37,8 +36,7 @@ def test_the_pod_a_waiting_unit_needs_is_not_stopped_while_it_waits(runpod, data
     spec = make_spec(data_dir, str(tmp_path / "store"), seeds=[1], cluster={"wait_for_capacity_s": 2, "idle_stop_min": 0.001})
     lines: list[str] = []
     client = RunPodClient.from_env(max_attempts=1)
-    report = Driver(spec, log=lines.append, train_fn=fake_train, eval_fn=fake_eval,
-                    executor=lambda fns: PodExecutor(fns, 1, pod, client)).run()  # fmt: skip
+    report = on_pod(spec, 1, pod, client, log=lines.append, train_fn=fake_train, eval_fn=fake_eval).run()
     assert report.waiting == {"units of 2 GPUs": "train/1 waits for 2 GPUs; the cluster has 1"}
     assert runpod.pods[pod]["desiredStatus"] == "RUNNING" and "podStop" not in runpod.ops()
     assert any(pod in ln and "kept" in ln for ln in lines), lines
@@ -61,7 +59,7 @@ def test_a_hanging_runpod_api_does_not_hold_up_the_campaign_and_is_reported(runp
 
     runpod.hold()  # the API answers nothing for the whole run
     client = RunPodClient.from_env(timeout_s=0.2, max_attempts=1)
-    report = Driver(spec, log=log, train_fn=train, eval_fn=fake_eval, executor=lambda fns: PodExecutor(fns, 4, pod, client)).run()
+    report = on_pod(spec, 4, pod, client, log=log, train_fn=train, eval_fn=fake_eval).run()
     assert not runpod.gate.is_set()  # still hanging: every unit ran and merged without it
     assert not report.failed and len(report.done) == 1 + 4
     assert sum("idle pods are not stopped until the API answers" in ln for ln in lines) == 1

@@ -16,7 +16,8 @@ from bench.fake_units import fake_eval, fake_train
 from pipeline.cli import RAY_JOB_ENV_VAR, main
 from pipeline.run.driver import Driver
 from pipeline.run.executor import ThreadExecutor
-from pipeline.progress.budget import Budget, Rates, Work, still_billing, stop_command
+from pipeline.progress.budget import Budget, Rates, Work, still_billing
+from pipeline.run.setup import stop_command
 from pipeline.progress.cost import AttemptCost, NodeBill, attempt_cost, cost_report
 from pipeline.records.nodes import (
     LABEL_GPU_COUNT, LABEL_GPU_TYPE, LABEL_POD_ID, LABEL_USD_PER_HOUR, NodeIdentity, node_identity, spec_node,

@@ -1,4 +1,4 @@
-"""The ledger (README "Store layout"): a batching ledger writes its events off the launch path, at
+"""The ledger (docs/store.md "Store layout"): a batching ledger writes its events off the launch path, at
 most one object per batch window; readers see single events and batches alike, in time order;
 `since` skips old objects by name; a store that refuses a batch loses none of it."""
 

@@ -1,4 +1,4 @@
-"""`pipeline report` on a real store (README "Reports"): three seeds evaluated by `pipeline eval`, one
+"""`pipeline report` on a real store (docs/reports.md "Reports"): three seeds evaluated by `pipeline eval`, one
 of them left unfinished; the numbers are recomputed here from the raw segment files."""
 
 from __future__ import annotations

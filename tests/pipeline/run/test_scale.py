@@ -1,4 +1,4 @@
-"""A sweep-sized campaign through the real driver: 10,010 fake units (README "Scale").
+"""A sweep-sized campaign through the real driver: 10,010 fake units (docs/scale.md "Scale").
 
 The driver, scheduler, plans, store, ledger and merge are the product's; only the GPU work is a
 fake that commits what the real unit would (bench/fake_units.py), run by the thread executor so no
