@@ -39,16 +39,17 @@ test: $(STAMP) ssh-server
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -n 2 -m "not heavy" tests
 
-# The pods tests drive a real OpenSSH sshd on 127.0.0.1 (tests/pipeline/pods/conftest.py). Installed
+# The pods tests drive a real OpenSSH sshd on 127.0.0.1 (tests/pipeline/pods/conftest.py), and `ray up`
+# on the pod farm copies the code with rsync (tests/pipeline/pods/test_rehearsal.py). Both are installed
 # here when missing (Debian/Ubuntu, as root, no prompts); where it cannot be, those tests skip and say so.
 ssh-server:
-	@test -x /usr/sbin/sshd || command -v sshd >/dev/null || { \
+	@{ test -x /usr/sbin/sshd || command -v sshd >/dev/null; } && command -v rsync >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    export DEBIAN_FRONTEND=noninteractive; \
-	    apt-get install -y -q --no-install-recommends openssh-server >/dev/null 2>&1 || \
-	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends openssh-server >/dev/null 2>&1; } || \
-	    echo "openssh-server could not be installed: the ssh tests will be skipped"; \
-	  else echo "no sshd and not root with apt-get: the ssh tests will be skipped"; fi; }
+	    apt-get install -y -q --no-install-recommends openssh-server rsync >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends openssh-server rsync >/dev/null 2>&1; } || \
+	    echo "openssh-server and rsync could not be installed: the ssh tests will be skipped"; \
+	  else echo "no sshd or rsync and not root with apt-get: the ssh tests will be skipped"; fi; }
 
 # A pod farm on this machine (docs/pods.md: Pods): the local RunPod API rents pods that are network
 # namespaces with their own address and sshd, and a moto S3 serves them all; rehearse `ray up`, a
