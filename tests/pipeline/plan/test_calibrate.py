@@ -18,8 +18,11 @@ from tests.pipeline.plan.test_cli import TTT
 
 
 def test_calibrate_then_compare_with_a_run(data_dir, tmp_path, ray_local):
+    # one seed on a 1-worker group: the figures per step, per batch and per unit start are what is
+    # calibrated and compared (a second seed or rank measures the same again; the k-GPU TTT unit stays)
     spec = make_spec(
         data_dir, str(tmp_path / "store"), evals=[{"name": "sw", "seq_len": 64, "stride": 32, "batch_seqs": 8}, TTT],
+        seeds=[1], train={"world_size": 1},
         results_dir=str(tmp_path / "results"), cluster={"pricing": {"gpu_type": "H100-equivalent", "usd_per_gpu_hour": 3.0}},
     )
     spec_file = tmp_path / "camp.yaml"
@@ -40,7 +43,7 @@ def test_calibrate_then_compare_with_a_run(data_dir, tmp_path, ray_local):
     assert cmp["mix"] == "1x4xH100" and cmp["makespan"]["measured_s"] > 0 and cmp["usd"]["measured"] > 0
     assert [r["recipe"] for r in cmp["recipes"]] == ["train", "sw", "ttt"]
     assert all(r["measured_s"] > 0 and r["predicted_s"] > 0 for r in cmp["recipes"])
-    assert {(r["seed"], r["recipe"]) for r in cmp["by_seed_recipe"]} == {(s, r) for s in (1, 2) for r in ("train", "sw", "ttt")}
+    assert {(r["seed"], r["recipe"]) for r in cmp["by_seed_recipe"]} == {(1, r) for r in ("train", "sw", "ttt")}
 
     files = write_report(spec, open_store(spec.store), tmp_path / "report")
     md = files.report_md.read_text()

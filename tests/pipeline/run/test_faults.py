@@ -200,7 +200,8 @@ def test_node_dies_under_a_training_worker(ray_cluster, data_dir, tmp_path):
 
 def test_driver_killed_mid_campaign(ray_cluster, data_dir, tmp_path):
     ev = {**SLOW_SLOT, "shards": 2}
-    over = {"seeds": [1, 2], "evals": [ev], "data": {"val_tokens": 2000}, "train": {"max_steps": 8}}
+    # 1-worker trainings: what is proven is the driver's death and resume (groups' deaths: the tests above)
+    over = {"seeds": [1, 2], "evals": [ev], "data": {"val_tokens": 2000}, "train": {"max_steps": 8, "world_size": 1}}
     ref = make_spec(data_dir, str(tmp_path / "ref"), **over)
     assert not Driver(ref, log=lambda _: None).run().failed
 
