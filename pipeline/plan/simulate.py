@@ -154,7 +154,7 @@ def simulate(spec: CampaignSpec, work: CampaignWork, mix: Mix, durations: Durati
     seq = 0
     while True:
         cap = Capacity(tuple(nodes), tuple(free), span=spec.cluster.groups_span_nodes)
-        if unplanned:  # the driver's _plan_ready: a trained seed's evals, sharded over the GPUs now
+        if unplanned:  # the driver's EvalPlanner.plan_ready: a trained seed's evals, sharded over the GPUs now
             for seed in unplanned:
                 for r in work.recipes:
                     per_shard = r.shard_batches(seed, default_shards(cap))

@@ -1,4 +1,4 @@
-"""The driver acts on its own view of dead nodes (pipeline/run/driver.py `_abandon_lost`, issue 22).
+"""The driver acts on its own view of dead nodes (pipeline/run/failures.py `Failures.abandon_lost`, issue 22).
 
 A pod that vanishes (its host gone, its network namespace deleted) does not close its
 connections: Ray's health check marks its node dead after a few missed checks, but the owner of
