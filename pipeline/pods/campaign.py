@@ -6,8 +6,9 @@ live Ray node) is stopped, so nobody pays for an idle 8×H100. The pod that runs
 stopped from inside it; when the run ends the driver names the pods still billing and the command
 that stops them (`pipeline pods watch`, or the autoscaler under `ray up`, stops them later).
 
-Only pods that are nodes of this Ray cluster and carry the project's name (`ray-<cluster>-`, as
-`pipeline pods up` and the node provider name them) are ever stopped: a colleague's pod, or one
+Only pods that are nodes of this Ray cluster and carry the project's name prefix (`ray-`: `pipeline
+pods up` and the node provider name them `ray-<cluster>-...`; the driver does not know the cluster's
+name, its Ray nodes say which pods are its own) are ever stopped: a colleague's pod, or one
 bootstrapped into the cluster by hand under another name, is left alone and said so once.
 A pod is idle only while no unit of the campaign can use it: the driver hands each look its
 `Demand` (pipeline/pods/idle.py), so a pod whose GPUs a waiting multi-GPU unit gathers is kept.
