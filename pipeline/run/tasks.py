@@ -28,6 +28,11 @@ COLLECTIVE_TIMEOUT_S = 1800.0
 # A script's ranks meet only at its start and end; each script runs up to train.timeout_s, so
 # ranks may end that far apart (one rank's final eval), plus the commit's upload.
 SCRIPT_END_SLACK_S = 600.0
+# Ray Train settings of every group, unless the user's environment sets them: the driver watches
+# nodes itself (pipeline/run/reach.py and Ray's node table) and a RunPod pod is terminated with no
+# drain notice, so Ray Train's preemption watcher has nothing to catch (and is one more actor process
+# per group, ~2 CPU-s of imports); its metrics go to a Prometheus nobody here reads.
+RAY_TRAIN_DEFAULTS = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_METRICS_ENABLED": "0"}
 
 
 def collective_timeout_s(spec: CampaignSpec) -> float:
@@ -66,6 +71,8 @@ def fit_group(
             # a user's script that failed is classified by its log (ScriptError); our own code's error is the unit's
             raise (ScriptError if rec.get("kind") == "script" else UnitError)(rec["error"]) from None
 
+    for key, value in RAY_TRAIN_DEFAULTS.items():  # read by fit() here and passed on to its controller
+        os.environ.setdefault(key, value)
     use_gpu = gpus_per_worker > 0
     trainer = TorchTrainer(
         loop,

@@ -120,8 +120,9 @@ def test_worse_than_stops_on_paired_records(tmp_path):
 
 
 def test_budget_starts_nothing_it_cannot_pay_for_then_a_larger_one_runs(ray_local, data_dir, tmp_path, capsys, monkeypatch):
-    over = {"seeds": [1], "cluster": {"pricing": PRICING}, "results_dir": str(tmp_path / "results")}
-    # a training is projected at train.max_wallclock_s (120 s) on its 2 GPUs = $0.24 at $3.6/GPU-hour
+    # a 1-worker training: what is proven is the budget, not the group
+    over = {"seeds": [1], "cluster": {"pricing": PRICING}, "results_dir": str(tmp_path / "results"), "train": {"world_size": 1}}
+    # a training is projected at train.max_wallclock_s (120 s) on its 1 GPU = $0.12 at $3.6/GPU-hour
     tight = make_spec(data_dir, str(tmp_path / "store"), budget_usd=0.1, **over)
     f = write(tmp_path / "c.yaml", tight)
     assert main(["run", str(f)]) == 1

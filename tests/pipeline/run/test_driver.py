@@ -47,6 +47,9 @@ def test_campaign_end_to_end_then_rerun_skips_everything(ray_local, data_dir, tm
     assert all(e["cuda_index"] == int(e["gpu_ids"][0]) and e["cuda_visible"] is None for e in shards)
     assert len({e["gpu_ids"][0] for e in shards}) > 1
     assert all(e["version"] == 1 for e in events)
+    # the groups ran without Ray Train's preemption watcher (pipeline/run/tasks.py RAY_TRAIN_DEFAULTS)
+    actors = {a["ActorClassName"] for a in ray_local._private.state.actors().values()}
+    assert "TrainController" in actors and "PreemptionWatcher" not in actors
     before = store.list()
     capsys.readouterr()
 
