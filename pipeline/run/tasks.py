@@ -28,7 +28,8 @@ COLLECTIVE_TIMEOUT_S = 1800.0
 # A script's ranks meet only at its start and end; each script runs up to train.timeout_s, so
 # ranks may end that far apart (one rank's final eval), plus the commit's upload.
 SCRIPT_END_SLACK_S = 600.0
-# Ray Train settings of every group, unless the user's environment sets them: the driver watches
+# Ray Train settings of every group, unless the launcher task's environment sets them (the node's
+# `ray start` environment, a job's runtime_env env_vars, or a local `pipeline run`'s own): the driver watches
 # nodes itself (pipeline/run/reach.py and Ray's node table) and a RunPod pod is terminated with no
 # drain notice, so Ray Train's preemption watcher has nothing to catch (and is one more actor process
 # per group, ~2 CPU-s of imports); its metrics go to a Prometheus nobody here reads.
