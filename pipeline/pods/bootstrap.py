@@ -25,6 +25,9 @@ from pipeline.records.nodes import LABEL_GPU_COUNT, LABEL_GPU_TYPE, LABEL_POD_ID
 ROOT = Path(__file__).resolve().parents[2]
 INSTALL_VERSION = 1
 # What a pod needs to run the workers and the driver (the venv and data never travel).
+# `ray start` is tried again once when it exits on its own; a node that joined must still run
+# SETTLE_S seconds later to count as joined.
+START_TRIES, SETTLE_S = 2, 3
 _BUNDLE = ("pipeline", "workers", "jobs", "pyproject.toml", "Makefile", "README.md", "docs", "cluster.yaml")
 
 
@@ -126,6 +129,26 @@ def bootstrap(
     args += ray_args
     start = " ".join(q(a) for a in args)
     log(f"{pod.id}: joining the Ray cluster at {head} with {num_gpus} GPU(s), labels {labels}")
+    for attempt in range(1, START_TRIES + 1):
+        code, tail = _start_ray(ssh, d, env, start, join_timeout_s)
+        if code != 3 or attempt == START_TRIES:
+            break
+        # `ray start` exited on its own: on a slow host a head's Ray Client server gives up waiting
+        # for the raylet (Ray's fixed 30 s) just as it registers, and takes the node down with it
+        log(f"{pod.id}: ray start exited ({why_line(tail) or 'no log line'}); starting it again")
+        leave_ray(ssh, d)
+    if code:
+        why = "ray start exited" if code == 3 else f"not joined after {join_timeout_s:g}s"
+        last = why_line(tail)
+        raise BootstrapError(f"{pod.id}: {why}" + (f": {last}" if last else "") + f" (log: {d}/ray-node.log on the pod)")
+    log(f"{pod.id}: joined")
+    return BootstrapResult(pod.id, labels, num_gpus, installed, tuple(gpu_names))
+
+
+def _start_ray(ssh: SSH, d: str, env: str, start: str, join_timeout_s: float) -> tuple[int, str]:
+    """Run `ray start --block` in its own session and wait until it joined and still runs a few
+    seconds later (0), exited (3, with its log's tail) or did not join in time (4)."""
+    q = shlex.quote
     # The pid file must name `ray start` itself (leave_ray kills its session): `$!` of a backgrounded
     # `cd && ...` list is the subshell's pid, so the process writes its own pid and then execs.
     pidf = q(f"{d}/ray-node.pid")
@@ -136,19 +159,16 @@ def bootstrap(
         what="ray start",
         timeout_s=30,
     )
-    # `ray start --block` prints this once the raylet has registered with the head.
+    # `ray start --block` prints this once the raylet has registered with the head; it checks its
+    # processes once a second after that, so one that died with the join is seen within SETTLE_S.
+    alive = f"kill -0 $(cat {q(d)}/ray-node.pid) 2>/dev/null"
     wait = (
         f"for i in $(seq {int(join_timeout_s * 2)}); do "
-        f"grep -q 'Ray runtime started' {q(d)}/ray-node.log && exit 0; "
-        f"kill -0 $(cat {q(d)}/ray-node.pid) 2>/dev/null || {{ tail -n 3 {q(d)}/ray-node.log; exit 3; }}; sleep 0.5; done; exit 4"
+        f"grep -q 'Ray runtime started' {q(d)}/ray-node.log && {{ sleep {SETTLE_S}; {alive} && exit 0; break; }}; "
+        f"{alive} || break; sleep 0.5; done; "
+        f"{alive} && exit 4; tail -n 3 {q(d)}/ray-node.log; exit 3"
     )
-    code, tail = ssh.run(wait, timeout_s=join_timeout_s + 30)
-    if code:
-        why = "ray start exited" if code == 3 else f"not joined after {join_timeout_s:g}s"
-        last = why_line(tail)
-        raise BootstrapError(f"{pod.id}: {why}" + (f": {last}" if last else "") + f" (log: {d}/ray-node.log on the pod)")
-    log(f"{pod.id}: joined")
-    return BootstrapResult(pod.id, labels, num_gpus, installed, tuple(gpu_names))
+    return ssh.run(wait, timeout_s=join_timeout_s + SETTLE_S + 30)
 
 
 def leave_ray(ssh: SSH, remote_dir: str, grace_s: int = 20) -> bool:

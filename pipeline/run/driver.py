@@ -23,6 +23,8 @@ second driver out.
 
 from __future__ import annotations
 
+import faulthandler
+import io
 import shlex
 import sys
 import time
@@ -56,6 +58,20 @@ __all__ = ["CampaignChanged", "Driver", "RunReport", "UnitError", "check_campaig
 
 TICK_S = 1.0  # how often the loop looks at the cluster (GPUs, nodes, budget)
 EVENT_BATCH_S = 1.0  # the ledger writes what the loop recorded at most this often
+# A turn of the loop waits at most TICK_S for Ray; one that has not come round after STALL_DUMP_S
+# is stuck in a call (a vanished host, a lock): every thread's stack goes to stderr (the job's log),
+# from faulthandler's own C thread, so also while a C call holds the GIL.
+STALL_DUMP_S = 30.0
+
+
+def _stall_dump(arm: bool) -> None:
+    try:
+        if arm:
+            faulthandler.dump_traceback_later(STALL_DUMP_S, file=sys.stderr)
+        else:
+            faulthandler.cancel_dump_traceback_later()
+    except (AttributeError, ValueError, io.UnsupportedOperation):  # a stderr with no file descriptor: no dumps
+        pass
 
 
 class Driver:
@@ -208,27 +224,37 @@ class Driver:
         """Until nothing is left to run or wait for (or another driver took over): plan, stop
         early, launch, merge, then wait for the next attempt to end and hand it on."""
         executor = self.ctx.executor
-        while not self.lease.lost.is_set():
-            self._plan(report)
-            self.planner.scan_fresh = False  # seeds planned from now on are listed again first
-            if self.stops.due():
-                self.stops.apply(report)
-            if self.pod_watch is not None:  # stop pods no unit has used or can use for idle_stop_min
-                self.pod_watch.tick(self.waiting.pod_demand(self.cluster.capacity, self.billing.blocked, self.failures.avoid))
-            self._launch(report)
-            self.planner.merge_ready()  # bookkeeping only once the GPUs have their next work
-            if self.billing.blocked:
-                report.budget = self.billing.budget.stopped  # PENDING units wait for no GPUs: the budget holds them
-            if not self.waiting.keep_going(self.cluster.capacity, self.billing.blocked, self.planner.unplanned, report):
-                break
-            ended = executor.wait(list(self.sched.running), TICK_S)
-            if not self.sched.running:
-                time.sleep(TICK_S)
-            self._look(force=not ended)
-            for handle in ended:
-                self._ended(handle, report)
-            if self.cluster.gone:
-                self.failures.abandon_lost(self.cluster.take_gone(), self.cluster.unreachable, report)
+        try:
+            while not self.lease.lost.is_set():
+                _stall_dump(arm=True)
+                if not self._turn(report, executor):
+                    break
+        finally:
+            _stall_dump(arm=False)
+
+    def _turn(self, report: RunReport, executor: Executor) -> bool:
+        """One turn of the loop; False when nothing is left to run or wait for."""
+        self._plan(report)
+        self.planner.scan_fresh = False  # seeds planned from now on are listed again first
+        if self.stops.due():
+            self.stops.apply(report)
+        if self.pod_watch is not None:  # stop pods no unit has used or can use for idle_stop_min
+            self.pod_watch.tick(self.waiting.pod_demand(self.cluster.capacity, self.billing.blocked, self.failures.avoid))
+        self._launch(report)
+        self.planner.merge_ready()  # bookkeeping only once the GPUs have their next work
+        if self.billing.blocked:
+            report.budget = self.billing.budget.stopped  # PENDING units wait for no GPUs: the budget holds them
+        if not self.waiting.keep_going(self.cluster.capacity, self.billing.blocked, self.planner.unplanned, report):
+            return False
+        ended = executor.wait(list(self.sched.running), TICK_S)
+        if not self.sched.running:
+            time.sleep(TICK_S)
+        self._look(force=not ended)
+        for handle in ended:
+            self._ended(handle, report)
+        if self.cluster.gone:
+            self.failures.abandon_lost(self.cluster.take_gone(), self.cluster.unreachable, report)
+        return True
 
     def _look(self, force: bool = False) -> None:
         """The cluster (at most once a TICK_S, or when nothing ended), then the budget."""

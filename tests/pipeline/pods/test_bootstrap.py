@@ -108,12 +108,15 @@ def test_bootstrap_joins_this_machine_to_ray_with_the_pods_labels(sshd, runpod, 
     assert not (pod_dir / "ray-node.pid").exists()
 
 
-def _pod_dir(tmp_path: Path, python: str) -> Path:
-    """A pod directory whose `.venv` holds stand-ins: `python` logs its arguments to CALLS and
-    answers as the script says; `ray` prints what `ray start --block` prints, then blocks."""
+RAY_BLOCKS = 'echo "Ray runtime started."\nwhile true; do sleep 1; done'
+
+
+def _pod_dir(tmp_path: Path, python: str, ray: str = RAY_BLOCKS) -> Path:
+    """A pod directory whose `.venv` holds stand-ins: each logs its arguments to CALLS; `python`
+    answers as its script says; `ray` by default prints what `ray start --block` prints, then blocks."""
     d = tmp_path / "pod"
     (d / ".venv" / "bin").mkdir(parents=True)
-    for name, body in (("python", python), ("ray", 'echo "Ray runtime started."\nwhile true; do sleep 1; done')):
+    for name, body in (("python", python), ("ray", ray)):
         f = d / ".venv" / "bin" / name
         f.write_text(f'#!/bin/sh\necho "{name} $*" >> {d}/CALLS\n{body}\n')
         f.chmod(0o755)
@@ -145,6 +148,42 @@ def test_ray_node_pid_is_ray_start_itself_and_leaving_ends_it(sshd, runpod, tmp_
     while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not Path(f"/proc/{pid}").exists() or b"Z" in Path(f"/proc/{pid}/stat").read_bytes().split(b" ")[2]
+
+
+# Ray's head on a slow host: it joins, then its Ray Client server (which gave up waiting for the
+# raylet) takes it down; the second start holds.
+RAY_DIES_ONCE = """echo "Ray runtime started."
+if [ ! -e "$(dirname "$0")/started-once" ]; then
+  touch "$(dirname "$0")/started-once"; sleep 1
+  echo "Some Ray subprocesses exited unexpectedly: ray_client_server [exit code=1]"; exit 1
+fi
+while true; do sleep 1; done"""
+
+
+@linux_only
+def test_a_ray_start_that_dies_after_joining_is_started_again_once(sshd, runpod, tmp_path, capsys):
+    pod_dir = _pod_dir(tmp_path, "exit 0", RAY_DIES_ONCE)
+    (pod_dir / ".pipeline-install.json").write_text(json.dumps({"version": INSTALL_VERSION, "digest": project_bundle().digest}))
+    args = _bootstrap_args(runpod, sshd, tmp_path, pod_dir)
+    assert main(args) == 0, capsys.readouterr().err
+    out = capsys.readouterr()
+    starts = [ln for ln in (pod_dir / "CALLS").read_text().splitlines() if ln.startswith("ray start")]
+    assert len(starts) == 2, starts
+    assert "ray start exited (Some Ray subprocesses exited unexpectedly: ray_client_server [exit code=1]); starting it again" in out.out + out.err
+    pid = int((pod_dir / "ray-node.pid").read_text())
+    assert Path(f"/proc/{pid}").exists()  # the second start runs
+
+    # one that dies every time: bootstrap fails with its last line, after the second try
+    (pod_dir / ".venv" / "bin" / "started-once").unlink()
+    (pod_dir / ".venv" / "bin" / "ray").write_text('#!/bin/sh\necho "Ray runtime started."\nsleep 1\necho "gcs: address in use"\nexit 1\n')
+    from pipeline.pods.bootstrap import leave_ray
+    from pipeline.pods.ssh import SSH, SSHTarget
+
+    with SSH(SSHTarget("127.0.0.1", sshd.port, key_file=str(sshd.client_key), known_hosts=tmp_path / "kh")) as s:
+        assert leave_ray(s, str(pod_dir))
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith(f"ray start exited: gcs: address in use (log: {pod_dir}/ray-node.log on the pod)"), err
 
 
 PIP_FAILS = """case "$*" in

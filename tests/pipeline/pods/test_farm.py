@@ -230,12 +230,14 @@ def kill_when(world, store_uri: str, unit_prefix: str, timeout: float) -> tuple[
     pytest.fail(f"no attempt of {unit_prefix}* ran within {timeout:g}s")
 
 
-def replaced_after(store_uri: str, unit: str, pod: str, at: float, timeout: float, what: str) -> tuple[float, list[str]]:
+def replaced_after(store_uri: str, unit: str, pod: str, at: float, timeout: float, what: str, job) -> tuple[float, list[str]]:
     """Seconds from the kill to that unit's next attempt starting on another pod (its `placed`
     event), and the errors its attempts were interrupted with; the figures on the way: the driver
-    saw the death (INTERRUPTED) and launched the retry."""
+    saw the death (INTERRUPTED) and launched the retry. `job` (client, id): a driver that ended
+    fails the test at once, with its log."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        ended(job, f"before {unit} was re-placed after its pod {pod} died", store_uri, unit)
         again = [e for e in placed(store_uri) if e["unit"] == unit and e.get("pod") != pod and e["time"] > at]
         if again:
             first = min(again, key=lambda e: e["time"])
@@ -252,7 +254,20 @@ def replaced_after(store_uri: str, unit: str, pod: str, at: float, timeout: floa
                 figure(f"retry launched -> its rank placed ({unit}, {what})", first["time"] - retry[0])
             return first["time"] - at, errors
         time.sleep(0.5)
-    pytest.fail(f"{unit} was not re-placed within {timeout:g}s of its pod {pod} dying")
+    ended(job, "", store_uri, unit, fail=f"{unit} was not re-placed within {timeout:g}s of its pod {pod} dying")
+
+
+def ended(job, when: str, store_uri: str, unit: str, fail: str | None = None) -> None:
+    """Fail with the driver's log tail and the unit's events when the job ended (or `fail` is given)."""
+    from ray.job_submission import JobStatus
+
+    client, job_id = job
+    status = client.get_job_status(job_id)
+    if fail is None and status not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+        return
+    mine = [f"{e['time']:.1f} {e.get('event')} {e.get('state', '')} {e.get('error', '')}" for e in events(store_uri) if e.get("unit") == unit]
+    pytest.fail(f"{fail or f'the job ended {status} {when}'}; its events:\n" + "\n".join(mine)
+                + f"\ndriver log (job {status}):\n{client.get_job_logs(job_id)[-6000:]}")
 
 
 def campaign(data_dir, store: str, results: Path, **cluster):
@@ -296,12 +311,12 @@ def test_campaign_across_pods_survives_pod_deaths_mid_training_and_mid_eval(unin
     t0 = time.monotonic()
     client, job = submit(head.ssh.host, campaign(data_dir, store, tmp_path / "results"), tmp_path, env)
     unit, pod, at = kill_when(world, store, "train/", timeout=240)
-    took, errors = replaced_after(store, unit, pod, at, 420, "mid-training")
+    took, errors = replaced_after(store, unit, pod, at, 420, "mid-training", (client, job))
     figure(f"death -> re-placed ({unit}, mid-training)", took)
     # the group's launcher hears of its dead rank only from Ray, late: the driver's own view ended it
     assert errors and errors[0].startswith("NodeLost"), errors
     unit, pod, at = kill_when(world, store, "eval/", timeout=300)
-    figure(f"death -> re-placed ({unit}, mid-eval)", replaced_after(store, unit, pod, at, 420, "mid-eval")[0])
+    figure(f"death -> re-placed ({unit}, mid-eval)", replaced_after(store, unit, pod, at, 420, "mid-eval", (client, job))[0])
     logs = finish(client, job, timeout=600)
     figure("campaign with two pod deaths", time.monotonic() - t0)
     for line in logs.splitlines():
