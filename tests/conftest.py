@@ -4,6 +4,7 @@ a real S3-compatible server (moto) on 127.0.0.1."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,30 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.heavy)
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each module keeps its order
+
+
+def _busy_cpu_s() -> float:
+    """CPU-seconds this machine's cores have been busy since boot (/proc/stat: all but idle and iowait)."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """With PIPELINE_TEST_CPU=FILE, each test's busy CPU-seconds of the whole machine (its Ray
+    processes, pods and subprocesses included), wall seconds and id are appended to FILE, setup and
+    teardown included (a module's fixtures count with its first and last test). The suite is CPU-bound
+    on 2 cores, so this, not --durations, says what a test costs; it is exact only with one worker
+    (`-p no:xdist`) on an otherwise idle machine (README.md: The two commands)."""
+    out = os.environ.get("PIPELINE_TEST_CPU")
+    if not out:
+        yield
+        return
+    cpu, wall = _busy_cpu_s(), time.monotonic()
+    yield
+    with open(out, "a") as f:
+        f.write(f"{_busy_cpu_s() - cpu:.1f}\t{time.monotonic() - wall:.1f}\t{item.nodeid}\n")
 
 
 @pytest.fixture(scope="session", autouse=True)
