@@ -24,10 +24,10 @@ from pipeline.records.nodes import LABEL_GPU_COUNT, LABEL_GPU_TYPE, LABEL_POD_ID
 
 ROOT = Path(__file__).resolve().parents[2]
 INSTALL_VERSION = 1
-# What a pod needs to run the workers and the driver (the venv and data never travel).
 # `ray start` is tried again once when it exits on its own; a node that joined must still run
 # SETTLE_S seconds later to count as joined.
 START_TRIES, SETTLE_S = 2, 3
+# What a pod needs to run the workers and the driver (the venv and data never travel).
 _BUNDLE = ("pipeline", "workers", "jobs", "pyproject.toml", "Makefile", "README.md", "docs", "cluster.yaml")
 
 

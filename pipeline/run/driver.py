@@ -223,16 +223,15 @@ class Driver:
     def _loop(self, report: RunReport) -> None:
         """Until nothing is left to run or wait for (or another driver took over): plan, stop
         early, launch, merge, then wait for the next attempt to end and hand it on."""
-        executor = self.ctx.executor
         try:
             while not self.lease.lost.is_set():
                 _stall_dump(arm=True)
-                if not self._turn(report, executor):
+                if not self._turn(report):
                     break
         finally:
             _stall_dump(arm=False)
 
-    def _turn(self, report: RunReport, executor: Executor) -> bool:
+    def _turn(self, report: RunReport) -> bool:
         """One turn of the loop; False when nothing is left to run or wait for."""
         self._plan(report)
         self.planner.scan_fresh = False  # seeds planned from now on are listed again first
@@ -246,7 +245,7 @@ class Driver:
             report.budget = self.billing.budget.stopped  # PENDING units wait for no GPUs: the budget holds them
         if not self.waiting.keep_going(self.cluster.capacity, self.billing.blocked, self.planner.unplanned, report):
             return False
-        ended = executor.wait(list(self.sched.running), TICK_S)
+        ended = self.ctx.executor.wait(list(self.sched.running), TICK_S)
         if not self.sched.running:
             time.sleep(TICK_S)
         self._look(force=not ended)

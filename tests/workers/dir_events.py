@@ -2,8 +2,9 @@
 
 The kill test waits for an eval to write its next segments, or to be caught in the middle of a
 write (its temp file exists), before it SIGKILLs it. Globbing the shard folder every half
-millisecond for that took most of a core on a 2-core box, from the eval it waits for; a blocking
-read of inotify events takes none and sees a temp file the moment it is created.
+millisecond for that took CPU from the eval it waits for (the module: 117 CPU-s with the polls,
+109 with this, same 5 kills); a blocking read of inotify events sees a temp file the moment it is
+created.
 """
 
 from __future__ import annotations
